@@ -1,0 +1,96 @@
+//! The admin port: `/ready`, `/live`, `/metrics` (Prometheus text) and
+//! `/config_dump` (JSON). HTTP/1.1, off the data path's listeners.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::ProxyBody;
+use crate::state::Shared;
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(shared.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n"));
+    }
+    Ok(match req.uri().path() {
+        "/live" => text(StatusCode::OK, "text/plain", "live\n"),
+        "/ready" => {
+            if shared.draining.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                text(StatusCode::OK, "text/plain", "ready\n")
+            }
+        }
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        "/config_dump" => text(StatusCode::OK, "application/json", config_dump(&shared)),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /ready, /live, /metrics, /config_dump\n",
+        ),
+    })
+}
+
+/// The config in use, where it listens, and the last rejected change.
+pub fn config_dump(shared: &Shared) -> String {
+    let snap = shared.snapshot.load_full();
+    let listeners: serde_json::Map<String, serde_json::Value> = shared
+        .listeners
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(addr) => serde_json::json!({"state": "bound", "address": addr.to_string()}),
+                Err(e) => serde_json::json!({"state": "error", "error": e}),
+            };
+            (name.clone(), v)
+        })
+        .collect();
+    let dump = serde_json::json!({
+        "service": &*shared.local_service,
+        "generation": snap.generation,
+        "last_error": *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+        "listeners": listeners,
+        "app": shared.app.as_ref().map(|a| a.addr.to_string()),
+        "config": &*snap.source,
+    });
+    serde_json::to_string_pretty(&dump).expect("JSON values always serialize") + "\n"
+}

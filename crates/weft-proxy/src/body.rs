@@ -1,0 +1,62 @@
+//! The one body type inside the proxy: either a body streamed from a peer
+//! (request from downstream, response from upstream) or a small body the proxy
+//! made itself (error pages, admin). An enum rather than a boxed trait object:
+//! no allocation per request.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+#[derive(Debug)]
+pub enum ProxyBody {
+    Streamed(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let b = bytes.into();
+        ProxyBody::Full((!b.is_empty()).then_some(b))
+    }
+}
+
+impl From<Incoming> for ProxyBody {
+    fn from(b: Incoming) -> Self {
+        ProxyBody::Streamed(b)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Streamed(b) => b.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Streamed(b) => b.size_hint(),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! What can go wrong on the request path, who is to blame, and what the
+//! downstream client sees: a status code plus a `weft-error` header naming the
+//! cause.
+
+use http::{HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+
+/// The header that names why the proxy (not the upstream) answered.
+pub const WEFT_ERROR: &str = "weft-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No Service matches the request's Host/:authority, or no route rule matches.
+    #[error("no route: {0}")]
+    NoRoute(String),
+    /// The chosen Service has no endpoint that can take traffic.
+    #[error("service {0} has no endpoints")]
+    NoEndpoints(String),
+    /// The TCP connection to the endpoint failed (refused, unreachable, timed out).
+    #[error("connect to {endpoint} failed: {reason}")]
+    ConnectFailed { endpoint: String, reason: String },
+    /// The route's request timeout elapsed before the upstream answered.
+    #[error("upstream {endpoint} did not answer within {timeout_ms} ms")]
+    Timeout { endpoint: String, timeout_ms: u64 },
+    /// The upstream closed or broke the connection, or sent an invalid response.
+    #[error("upstream {endpoint} failed: {reason}")]
+    Upstream { endpoint: String, reason: String },
+    /// The downstream request cannot be forwarded as it is.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    /// The status the downstream client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints(_) | ProxyError::ConnectFailed { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The value of the `weft-error` header: a stable, short cause name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute(_) => "no-route",
+            ProxyError::NoEndpoints(_) => "no-endpoints",
+            ProxyError::ConnectFailed { .. } => "connect-failed",
+            ProxyError::Timeout { .. } => "request-timeout",
+            ProxyError::Upstream { .. } => "upstream-reset",
+            ProxyError::BadRequest(_) => "bad-request",
+        }
+    }
+
+    /// Whether a retry on another endpoint could succeed (the request did not
+    /// reach an application).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ProxyError::ConnectFailed { .. } | ProxyError::NoEndpoints(_))
+    }
+
+    /// The response the downstream client sees. gRPC clients get the gRPC
+    /// status in a trailers-only response too, so they see UNAVAILABLE etc.
+    /// instead of a bare HTTP error.
+    pub fn to_response(&self, grpc: bool) -> Response<ProxyBody> {
+        let mut resp = if grpc {
+            // Trailers-only gRPC response: HTTP 200 with grpc-status in the headers.
+            Response::new(ProxyBody::empty())
+        } else {
+            let mut r = Response::new(ProxyBody::full(format!("{self}\n")));
+            *r.status_mut() = self.status();
+            r
+        };
+        let h = resp.headers_mut();
+        h.insert(WEFT_ERROR, HeaderValue::from_static(self.code()));
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        if grpc {
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", HeaderValue::from_static(self.grpc_status()));
+            if let Ok(v) = HeaderValue::from_str(&self.to_string().replace(['\r', '\n'], " ")) {
+                h.insert("grpc-message", v);
+            }
+        }
+        resp
+    }
+
+    fn grpc_status(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute(_) => "12",      // UNIMPLEMENTED
+            ProxyError::Timeout { .. } => "4",   // DEADLINE_EXCEEDED
+            ProxyError::BadRequest(_) => "13",   // INTERNAL
+            _ => "14",                           // UNAVAILABLE
+        }
+    }
+}

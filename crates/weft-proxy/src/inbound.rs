@@ -1,0 +1,31 @@
+//! The inbound stack: requests from other sidecars (or anyone) to the local
+//! app.
+//!
+//! Stages, outer to inner:
+//!   1. accept + protocol detection (HTTP/2 preface, HTTP/1 method, else
+//!      opaque TCP) ............................. listener.rs
+//!   2. (authorization, rate limit, fault: later issues)
+//!   3. forward to the app over the same protocol ... forward.rs
+//!   4. metrics
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::forward::forward;
+use crate::headers::is_grpc;
+use crate::metrics::Direction;
+use crate::state::Shared;
+
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let app = shared.app.as_ref().expect("the inbound listener runs only with an app");
+    let client = if req.version() == Version::HTTP_2 { &app.h2 } else { &app.h1 };
+    let result = forward(client, req, None).await;
+    Ok(shared.finish(Direction::Inbound, shared.local_service.clone(), "inbound".into(), result, grpc, start))
+}

@@ -1,0 +1,201 @@
+//! The proxy's Prometheus metrics (`prometheus-client`). Label values are
+//! bounded: service and route names come from config, codes from the response;
+//! never paths or client addresses.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// `inbound` (in front of the local app) or `outbound` (calls the app makes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Direction {
+    fn encode(&self, enc: &mut prometheus_client::encoding::LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write;
+        enc.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub service: Arc<str>,
+    pub route: Arc<str>,
+    pub code: u16,
+    /// The `weft-error` cause when the proxy answered itself, else empty.
+    pub error: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: Direction,
+    pub service: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub service: Arc<str>,
+    pub endpoint: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: Arc<str>,
+}
+
+/// Every metric the proxy exports.
+pub struct ProxyMetrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<LatencyLabels, Histogram>,
+    pub endpoint_requests: Family<EndpointLabels, Counter>,
+    pub active_connections: Family<ListenerLabels, Gauge>,
+    pub connections: Family<ListenerLabels, Counter>,
+    pub tcp_bytes: Family<ListenerLabels, Counter>,
+    pub config_generation: Gauge,
+    pub config_reloads: Counter,
+    pub config_errors: Counter,
+    pub config_last_error: Gauge,
+}
+
+/// Latency buckets (seconds): 0.5 ms .. 30 s, dense where sidecars live.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl ProxyMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests handled, by direction, service, route and response code",
+            requests.clone(),
+        );
+        let latency = Family::<LatencyLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS.iter().copied())) as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request received to response headers sent",
+            latency.clone(),
+        );
+        let endpoint_requests = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "endpoint_requests",
+            "Requests sent to each endpoint",
+            endpoint_requests.clone(),
+        );
+        let active_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "active_connections",
+            "Downstream connections open, by listener",
+            active_connections.clone(),
+        );
+        let connections = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Downstream connections accepted, by listener",
+            connections.clone(),
+        );
+        let tcp_bytes = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "tcp_bytes",
+            "Bytes forwarded by opaque TCP proxying (both directions)",
+            tcp_bytes.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "config_generation",
+            "Generation of the config in use (1 = first load)",
+            config_generation.clone(),
+        );
+        let config_reloads = Counter::default();
+        registry.register("config_reloads", "Config changes applied", config_reloads.clone());
+        let config_errors = Counter::default();
+        registry.register(
+            "config_errors",
+            "Config changes rejected (the last good config stayed)",
+            config_errors.clone(),
+        );
+        let config_last_error = Gauge::default();
+        registry.register(
+            "config_last_error",
+            "1 when the newest config on disk was rejected, else 0",
+            config_last_error.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            endpoint_requests,
+            active_connections,
+            connections,
+            tcp_bytes,
+            config_generation,
+            config_reloads,
+            config_errors,
+            config_last_error,
+        }
+    }
+
+    /// Records one finished request (response headers sent downstream).
+    pub fn record(&self, labels: &RequestLabels, elapsed: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.latency
+            .get_or_create(&LatencyLabels {
+                direction: labels.direction,
+                service: labels.service.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+pub struct ConnectionGuard(Gauge);
+
+impl ConnectionGuard {
+    pub fn new(metrics: &ProxyMetrics, listener: &Arc<str>) -> Self {
+        let labels = ListenerLabels {
+            listener: listener.clone(),
+        };
+        metrics.connections.get_or_create(&labels).inc();
+        let g = metrics.active_connections.get_or_create(&labels).clone();
+        g.inc();
+        ConnectionGuard(g)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

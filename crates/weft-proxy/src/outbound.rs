@@ -1,0 +1,140 @@
+//! The outbound stack: requests the local app makes to other Services.
+//!
+//! Stages, outer to inner (each later governance policy slots in here, in
+//! this order):
+//!   1. accept + HTTP/1.1 or h2c detection ........ listener.rs
+//!   2. route: Host/:authority or VIP -> Service -> rule (path/header/method)
+//!   3. (fault, deadline, drop/rate limit, retry, hedge: later issues)
+//!   4. split: weighted pick of the rule's backend Service
+//!   5. balance: weighted round-robin over the Service's endpoints
+//!   6. forward: endpoint pool, timeout, upgrades ... forward.rs
+//!   7. metrics: requests, latency, per-endpoint counts
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::ProxyBody;
+use crate::error::ProxyError;
+use crate::forward::{forward, request_authority};
+use crate::headers::is_grpc;
+use crate::metrics::{Direction, EndpointLabels, RequestLabels};
+use crate::snapshot::VipTarget;
+use crate::state::Shared;
+
+/// How an outbound listener finds the Service.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// The shared outbound listener: by Host/:authority.
+    Host,
+    /// A virtual-IP listener: everything goes to the Service behind this address.
+    Vip(SocketAddr),
+}
+
+const UNKNOWN: &str = "unknown";
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    target: Target,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let grpc = is_grpc(req.headers());
+    // The whole request uses this snapshot, even if a reload happens meanwhile.
+    let snapshot = shared.snapshot.load_full();
+
+    // 2. route
+    let table = match target {
+        Target::Host => request_authority(&req).and_then(|a| snapshot.lookup_host(a)),
+        Target::Vip(addr) => match snapshot.vips.get(&addr) {
+            Some(VipTarget::Http(t)) => Some(t),
+            _ => None,
+        },
+    };
+    let Some(table) = table else {
+        let host = request_authority(&req).unwrap_or("").to_string();
+        let err = ProxyError::NoRoute(format!("no Service for host {host:?}"));
+        return Ok(shared.answer_error(Direction::Outbound, UNKNOWN.into(), UNKNOWN.into(), err, grpc, start));
+    };
+    let (parts, body) = req.into_parts();
+    let Some(rule) = table.find(&parts) else {
+        let err = ProxyError::NoRoute(format!("no rule of {} matches {} {}", table.service, parts.method, parts.uri.path()));
+        return Ok(shared.answer_error(Direction::Outbound, table.service.clone(), UNKNOWN.into(), err, grpc, start));
+    };
+
+    // 4. split, 5. balance
+    let endpoint = rule.pick_backend().and_then(|c| c.pick().map(|e| (c, e)));
+    let Some((cluster, endpoint)) = endpoint else {
+        let err = ProxyError::NoEndpoints(table.service.to_string());
+        return Ok(shared.answer_error(Direction::Outbound, table.service.clone(), rule.label.clone(), err, grpc, start));
+    };
+    shared
+        .metrics
+        .endpoint_requests
+        .get_or_create(&EndpointLabels {
+            service: cluster.label.clone(),
+            endpoint: endpoint.label.clone(),
+        })
+        .inc();
+
+    // 6. forward
+    let result = forward(endpoint, Request::from_parts(parts, body), rule.timeout).await;
+
+    // 7. metrics
+    Ok(shared.finish(Direction::Outbound, table.service.clone(), rule.label.clone(), result, grpc, start))
+}
+
+impl Shared {
+    /// Turns a forwarding result into the downstream response and records it.
+    pub fn finish(
+        &self,
+        direction: Direction,
+        service: Arc<str>,
+        route: Arc<str>,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        grpc: bool,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        match result {
+            Ok(resp) => {
+                let labels = RequestLabels {
+                    direction,
+                    service,
+                    route,
+                    code: resp.status().as_u16(),
+                    error: "",
+                };
+                self.metrics.record(&labels, start.elapsed());
+                resp
+            }
+            Err(err) => self.answer_error(direction, service, route, err, grpc, start),
+        }
+    }
+
+    /// The proxy's own answer when it cannot forward, recorded and logged.
+    pub fn answer_error(
+        &self,
+        direction: Direction,
+        service: Arc<str>,
+        route: Arc<str>,
+        err: ProxyError,
+        grpc: bool,
+        start: Instant,
+    ) -> Response<ProxyBody> {
+        tracing::debug!(?direction, %service, %route, error = %err, "request failed");
+        let resp = err.to_response(grpc);
+        let labels = RequestLabels {
+            direction,
+            service,
+            route,
+            code: err.status().as_u16(),
+            error: err.code(),
+        };
+        self.metrics.record(&labels, start.elapsed());
+        resp
+    }
+}

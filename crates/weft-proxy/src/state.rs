@@ -1,0 +1,48 @@
+//! What every connection task shares: the current config snapshot, metrics,
+//! the local app and settings. Read on every request; written only by the
+//! reloader (the snapshot, atomically).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::ProxyMetrics;
+use crate::snapshot::Snapshot;
+use crate::upstream::{EndpointClient, EndpointRegistry};
+
+/// The local application behind the inbound listener.
+pub struct App {
+    pub addr: SocketAddr,
+    pub h1: Arc<EndpointClient>,
+    pub h2: Arc<EndpointClient>,
+}
+
+/// Per-connection limits and timeouts.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub detect_timeout: Duration,
+}
+
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: ProxyMetrics,
+    /// `name.namespace` of the service this sidecar runs beside.
+    pub local_service: Arc<str>,
+    pub app: Option<App>,
+    pub registry: EndpointRegistry,
+    pub limits: Limits,
+    /// Set once SIGTERM (or shutdown) started: `/ready` turns 503.
+    pub draining: AtomicBool,
+    /// Listener address -> bound, or why binding failed (VIPs come and go
+    /// with config; a VIP that cannot be bound must be visible).
+    pub listeners: Mutex<BTreeMap<String, Result<SocketAddr, String>>>,
+    /// Why the newest config on disk was rejected, while it is.
+    pub last_error: Mutex<Option<String>>,
+}
