@@ -91,7 +91,7 @@ def serve(port: int, host: str) -> int:
     print("READY", flush=True)
     while not stop.wait(0.5):
         pass
-    server.stop(grace=1).wait()
+    server.stop(grace=0.5).wait()
     return 0
 
 
