@@ -1,0 +1,287 @@
+//! Answering one request: faults, downstream calls, then the route.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::Service;
+
+use super::body::{AppBody, Chunks};
+use super::downstream::Downstream;
+use super::fault::{Faults, SplitMix64};
+use super::{APP_NAME_HEADER, AppConfig, AppStats, DOWNSTREAM_HEADER, REQUEST_VERSION_HEADER};
+
+const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
+const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// Everything the connections of one app share, built once at start.
+#[derive(Debug)]
+pub(super) struct Shared {
+    name: HeaderValue,
+    // Preallocated so the hot path only clones (a reference count bump).
+    body: Bytes,
+    error_status: StatusCode,
+    error_body: Bytes,
+    faults: Faults,
+    downstream: Option<Downstream>,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(cfg: &AppConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&cfg.error_rate),
+            "app {}: error_rate {} is not within 0.0..=1.0",
+            cfg.name,
+            cfg.error_rate
+        );
+        let error_status = StatusCode::from_u16(cfg.error_status)
+            .with_context(|| format!("app {}: error_status {}", cfg.name, cfg.error_status))?;
+        let name = HeaderValue::from_str(&cfg.name)
+            .with_context(|| format!("app name `{}` is not a valid header value", cfg.name))?;
+        Ok(Shared {
+            name,
+            body: Bytes::from(vec![b'x'; cfg.body_size]),
+            error_status,
+            error_body: Bytes::from(format!("injected error from {}", cfg.name)),
+            faults: Faults {
+                latency: cfg.latency,
+                jitter: cfg.jitter,
+                error_rate: cfg.error_rate,
+            },
+            downstream: Downstream::new(&cfg.calls)
+                .with_context(|| format!("app {}: calls", cfg.name))?,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        })
+    }
+
+    pub(super) fn stats(&self) -> AppStats {
+        AppStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn response(&self, status: StatusCode, body: AppBody) -> Response<AppBody> {
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(APP_NAME_HEADER, self.name.clone());
+        headers.insert(CONTENT_TYPE, TEXT_PLAIN);
+        response
+    }
+
+    fn injected_error(&self) -> Response<AppBody> {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.response(
+            self.error_status,
+            AppBody::Full(Some(self.error_body.clone())),
+        )
+    }
+
+    /// The answer once faults and downstream calls are behind us.
+    fn answer(&self, route: Route, req: Request<Incoming>) -> Response<AppBody> {
+        match route {
+            Route::Body | Route::Delay(_) => {
+                self.response(StatusCode::OK, AppBody::Full(Some(self.body.clone())))
+            }
+            Route::Status(status) => self.response(status, AppBody::Full(Some(self.body.clone()))),
+            Route::Echo => self.response(StatusCode::OK, AppBody::Echo(req.into_body())),
+            Route::Stream(count) => {
+                self.response(StatusCode::OK, AppBody::Chunks(Chunks::new(count)))
+            }
+            Route::Headers => {
+                let version = format!("{:?}", req.version());
+                let mut response = self.response(StatusCode::OK, AppBody::full(headers_json(&req)));
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, APPLICATION_JSON);
+                if let Ok(version) = HeaderValue::try_from(version) {
+                    headers.insert(REQUEST_VERSION_HEADER, version);
+                }
+                response
+            }
+            Route::BadRequest(why) => self.response(StatusCode::BAD_REQUEST, AppBody::full(why)),
+        }
+    }
+
+    /// The slow path: anything that waits.
+    async fn answer_later(
+        self: Arc<Self>,
+        delay: Duration,
+        inject_error: bool,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> Response<AppBody> {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if inject_error {
+            return self.injected_error();
+        }
+        let mut downstream_names = None;
+        if let Some(downstream) = &self.downstream {
+            let outcome = downstream.call_all().await;
+            if let Some(failure) = outcome.failure {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                let mut response = self.response(StatusCode::BAD_GATEWAY, AppBody::full(failure));
+                response
+                    .headers_mut()
+                    .insert(DOWNSTREAM_HEADER, outcome.names);
+                return response;
+            }
+            downstream_names = Some(outcome.names);
+        }
+        if let Route::Delay(wait) = route {
+            tokio::time::sleep(wait).await;
+        }
+        let mut response = self.answer(route, req);
+        if let Some(names) = downstream_names {
+            response.headers_mut().insert(DOWNSTREAM_HEADER, names);
+        }
+        response
+    }
+}
+
+/// What a request asks for, decided from its method and path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// The configured body.
+    Body,
+    /// `POST`/`PUT`: the request body back.
+    Echo,
+    /// `/status/NNN`.
+    Status(StatusCode),
+    /// `/delay/MS`.
+    Delay(Duration),
+    /// `/headers`: the request headers as JSON.
+    Headers,
+    /// `/stream/N`.
+    Stream(usize),
+    BadRequest(&'static str),
+}
+
+impl Route {
+    fn of(req: &Request<Incoming>) -> Route {
+        if req.method() == Method::POST || req.method() == Method::PUT {
+            return Route::Echo;
+        }
+        let path = req.uri().path();
+        if let Some(code) = path.strip_prefix("/status/") {
+            match code.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+                Some(status) => Route::Status(status),
+                None => Route::BadRequest("/status/NNN wants a status code from 100 to 999"),
+            }
+        } else if let Some(ms) = path.strip_prefix("/delay/") {
+            match ms.parse() {
+                Ok(ms) => Route::Delay(Duration::from_millis(ms)),
+                Err(_) => Route::BadRequest("/delay/MS wants a whole number of milliseconds"),
+            }
+        } else if let Some(count) = path.strip_prefix("/stream/") {
+            match count.parse() {
+                Ok(count) => Route::Stream(count),
+                Err(_) => Route::BadRequest("/stream/N wants a whole number of chunks"),
+            }
+        } else if path == "/headers" {
+            Route::Headers
+        } else {
+            Route::Body
+        }
+    }
+}
+
+/// `{"name": "value", ...}` with lowercase names; repeated headers are
+/// joined with `, `. HTTP/2's `:authority` shows as `host` when the request
+/// has no `host` header.
+fn headers_json(req: &Request<Incoming>) -> Vec<u8> {
+    let headers = req.headers();
+    let mut object = serde_json::Map::new();
+    for name in headers.keys() {
+        let values: Vec<_> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        object.insert(name.as_str().to_owned(), values.join(", ").into());
+    }
+    if !headers.contains_key(HOST)
+        && let Some(authority) = req.uri().authority()
+    {
+        object.insert(HOST.as_str().to_owned(), authority.as_str().into());
+    }
+    serde_json::to_vec(&object).unwrap_or_default()
+}
+
+/// The service of one connection: shared state plus the connection's own
+/// PRNG (a `Cell`, since hyper calls services through `&self`).
+pub(super) struct AppService {
+    shared: Arc<Shared>,
+    rng: Cell<SplitMix64>,
+}
+
+impl AppService {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        AppService {
+            shared,
+            rng: Cell::new(SplitMix64::new(SplitMix64::connection_seed())),
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for AppService {
+    type Response = Response<AppBody>;
+    type Error = Infallible;
+    type Future = AppFuture;
+
+    fn call(&self, req: Request<Incoming>) -> AppFuture {
+        let shared = &self.shared;
+        shared.requests.fetch_add(1, Ordering::Relaxed);
+        let mut rng = self.rng.get();
+        let delay = shared.faults.delay(&mut rng);
+        let inject_error = shared.faults.inject_error(&mut rng);
+        self.rng.set(rng);
+        let route = Route::of(&req);
+
+        // The benchmark's hot path: answered in place, no task, no box.
+        if delay.is_zero() && shared.downstream.is_none() && !matches!(route, Route::Delay(_)) {
+            let response = if inject_error {
+                shared.injected_error()
+            } else {
+                shared.answer(route, req)
+            };
+            return AppFuture::Ready(Some(response));
+        }
+        let later = Arc::clone(shared).answer_later(delay, inject_error, route, req);
+        AppFuture::Later(Box::pin(later))
+    }
+}
+
+/// The response future: ready at once on the hot path, boxed otherwise.
+pub(super) enum AppFuture {
+    Ready(Option<Response<AppBody>>),
+    Later(Pin<Box<dyn Future<Output = Response<AppBody>> + Send>>),
+}
+
+impl Future for AppFuture {
+    type Output = Result<Response<AppBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            AppFuture::Ready(response) => Poll::Ready(Ok(response
+                .take()
+                .expect("AppFuture polled after completion"))),
+            AppFuture::Later(later) => later.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
