@@ -709,7 +709,8 @@ for t, p in order:
           f"| {fmt(med(t, p, 'rss_idle_mib'), 1)} | {fmt(med(t, p, 'rss_load_mib'), 1)} |")
 
 def ratio(a, b):
-    return f"{a / b:.2f}" if a is not None and b not in (None, 0) else "n/a"
+    # only meaningful for two positive values (an "added" latency can come out negative in noise)
+    return f"{a / b:.2f}" if a is not None and b is not None and a > 0 and b > 0 else "n/a"
 
 lines = []
 for peer in ("envoy", "haproxy"):
