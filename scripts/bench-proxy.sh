@@ -11,7 +11,7 @@
 #                     haproxy nbthread, nginx worker_processes (default 1)
 #   --body-size N     upstream response body bytes (default 16)
 #   --quick           smoke run: 1 round of 3 s runs (unless --rounds/--duration are given)
-#   --spin            during latency runs keep the proxy CPU busy with a nice-19 spinner, so that
+#   --spin            during latency runs keep the proxy CPU busy with a SCHED_IDLE spinner, so that
 #                     an idle vCPU's wake-up time (large in VMs) is not counted in every hop
 #   --no-build        use the existing target/release/weft instead of running cargo build
 #   --keep            keep the work dir (configs and logs) under /tmp
@@ -599,7 +599,7 @@ measure() {
     if [[ $proto == h1 ]]; then
         local spinner=""
         if ((SPIN)); then
-            start_bg /dev/null nice -n 19 bash -c 'while :; do :; done'
+            start_bg /dev/null chrt --idle 0 bash -c 'while :; do :; done'
             spinner=$BG_PID
         fi
         if run_wrk "$port" "$LAT_CONNS" "$DURATION" "$WORK/pace.lua" --latency; then
@@ -635,7 +635,7 @@ start_upstream
 [[ ",$PROTOS," == *,h2c,* && ",$TARGETS," == *,nginx,* ]] &&
     note "nginx h2c: h2c from the client, HTTP/1.1 keep-alive to the upstream with $((MAX_CONNS * H2_STREAMS + 64)) idle connections kept (nginx's proxy module has no HTTP/2 upstream)"
 if ((SPIN)); then
-    note "latency runs: CPU $PROXY_CPU kept busy by a nice-19 spinner (--spin)"
+    note "latency runs: CPU $PROXY_CPU kept busy by a SCHED_IDLE spinner (--spin)"
 else
     note "latency runs: at ~$LAT_RATE req/s CPU $PROXY_CPU is mostly idle, so each hop includes an idle CPU's wake-up time (large in VMs; --spin removes it)"
 fi
