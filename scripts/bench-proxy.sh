@@ -133,11 +133,12 @@ tree() { # PID: the pid and all its descendants
     done
 }
 
-stop_pid() { # PID: TERM, wait up to 5 s, then KILL what is left of its tree
-    local pid=$1 kids i
+stop_pid() { # PID: TERM its process tree, wait up to 5 s, then KILL what is left
+    local pid=$1 i k
     [[ -n "$pid" ]] || return 0
-    kids=$(tree "$pid" | tail -n +2)
-    kill -TERM "$pid" 2>/dev/null || true
+    local -a kids=()
+    mapfile -t kids < <(tree "$pid" | tail -n +2)
+    kill -TERM "$pid" "${kids[@]}" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do
         alive "$pid" || break
         sleep 0.1
@@ -146,7 +147,7 @@ stop_pid() { # PID: TERM, wait up to 5 s, then KILL what is left of its tree
         log "pid $pid did not exit on TERM: KILL"
         kill -KILL "$pid" 2>/dev/null || true
     fi
-    for k in $kids; do
+    for k in "${kids[@]}"; do
         if alive "$k"; then kill -KILL "$k" 2>/dev/null || true; fi
     done
     wait "$pid" 2>/dev/null || true
@@ -343,7 +344,7 @@ EOF
         cmd=${BENCH_UPSTREAM_CMD//\{port\}/$p1}
         cmd=${cmd//\{h2port\}/$p2}
         cmd=${cmd//\{body_size\}/$BODY_SIZE}
-        start_bg "$logf" bash -c "exec $cmd"
+        start_bg "$logf" bash -c "$cmd"
         UPSTREAM_DESC="stand-in: $cmd"
     else
         start_bg "$logf" "$WEFT" app --listen "127.0.0.1:$p1" --body-size "$BODY_SIZE"
