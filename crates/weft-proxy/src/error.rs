@@ -60,7 +60,10 @@ impl ProxyError {
     /// Whether a retry on another endpoint could succeed (the request did not
     /// reach an application).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, ProxyError::ConnectFailed { .. } | ProxyError::NoEndpoints(_))
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. } | ProxyError::NoEndpoints(_)
+        )
     }
 
     /// The response the downstream client sees. gRPC clients get the gRPC
@@ -77,9 +80,15 @@ impl ProxyError {
         };
         let h = resp.headers_mut();
         h.insert(WEFT_ERROR, HeaderValue::from_static(self.code()));
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
         if grpc {
-            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
             h.insert("grpc-status", HeaderValue::from_static(self.grpc_status()));
             if let Ok(v) = HeaderValue::from_str(&self.to_string().replace(['\r', '\n'], " ")) {
                 h.insert("grpc-message", v);
@@ -90,10 +99,10 @@ impl ProxyError {
 
     fn grpc_status(&self) -> &'static str {
         match self {
-            ProxyError::NoRoute(_) => "12",      // UNIMPLEMENTED
-            ProxyError::Timeout { .. } => "4",   // DEADLINE_EXCEEDED
-            ProxyError::BadRequest(_) => "13",   // INTERNAL
-            _ => "14",                           // UNAVAILABLE
+            ProxyError::NoRoute(_) => "12",    // UNIMPLEMENTED
+            ProxyError::Timeout { .. } => "4", // DEADLINE_EXCEEDED
+            ProxyError::BadRequest(_) => "13", // INTERNAL
+            _ => "14",                         // UNAVAILABLE
         }
     }
 }

@@ -17,10 +17,11 @@ use crate::upstream::EndpointClient;
 
 /// The authority the client addressed: `:authority`, absolute-form URI, or `Host`.
 pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri().authority().map(|a| a.as_str()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 /// Forwards `req` to `endpoint`; `timeout` bounds the wait for response headers.
@@ -66,10 +67,12 @@ pub async fn forward(
 
     let send = endpoint.send(req.map(ProxyBody::from));
     let mut resp = match timeout {
-        Some(t) => tokio::time::timeout(t, send).await.map_err(|_| ProxyError::Timeout {
-            endpoint: endpoint.label.to_string(),
-            timeout_ms: t.as_millis() as u64,
-        })??,
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| ProxyError::Timeout {
+                endpoint: endpoint.label.to_string(),
+                timeout_ms: t.as_millis() as u64,
+            })??,
         None => send.await?,
     };
 

@@ -21,11 +21,28 @@ use crate::headers::is_grpc;
 use crate::metrics::Direction;
 use crate::state::Shared;
 
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
-    let app = shared.app.as_ref().expect("the inbound listener runs only with an app");
-    let client = if req.version() == Version::HTTP_2 { &app.h2 } else { &app.h1 };
+    let app = shared
+        .app
+        .as_ref()
+        .expect("the inbound listener runs only with an app");
+    let client = if req.version() == Version::HTTP_2 {
+        &app.h2
+    } else {
+        &app.h1
+    };
     let result = forward(client, req, None).await;
-    Ok(shared.finish(Direction::Inbound, shared.local_service.clone(), "inbound".into(), result, grpc, start))
+    Ok(shared.finish(
+        Direction::Inbound,
+        shared.local_service.clone(),
+        "inbound".into(),
+        result,
+        grpc,
+        start,
+    ))
 }

@@ -23,7 +23,11 @@ impl<T> PrefixedIo<T> {
 }
 
 impl<T: AsyncRead> AsyncRead for PrefixedIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if this.prefix.has_remaining() {
             let n = this.prefix.len().min(buf.remaining());
@@ -36,7 +40,11 @@ impl<T: AsyncRead> AsyncRead for PrefixedIo<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for PrefixedIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -82,7 +90,11 @@ pub fn detect(prefix: &[u8]) -> Option<Detected> {
             _ => return Some(Detected::Opaque),
         }
     }
-    if prefix.len() >= 16 { Some(Detected::Opaque) } else { None }
+    if prefix.len() >= 16 {
+        Some(Detected::Opaque)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -95,9 +107,17 @@ mod tests {
         assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
         assert_eq!(detect(b"OPTIONS * HTTP/1.1"), Some(Detected::Http1));
         assert_eq!(detect(H2_PREFACE), Some(Detected::Http2));
-        assert_eq!(detect(b"PRI * HT"), None, "a partial preface needs more bytes");
+        assert_eq!(
+            detect(b"PRI * HT"),
+            None,
+            "a partial preface needs more bytes"
+        );
         assert_eq!(detect(b"GE"), None);
-        assert_eq!(detect(b"\x16\x03\x01"), Some(Detected::Opaque), "TLS is opaque");
+        assert_eq!(
+            detect(b"\x16\x03\x01"),
+            Some(Detected::Opaque),
+            "TLS is opaque"
+        );
         assert_eq!(detect(b"hello"), Some(Detected::Opaque));
         assert_eq!(detect(b"SSH-2.0"), Some(Detected::Opaque));
     }

@@ -13,8 +13,8 @@ pub mod body;
 pub mod error;
 mod forward;
 mod headers;
-mod io;
 pub mod inbound;
+mod io;
 mod listener;
 pub mod metrics;
 pub mod outbound;
@@ -115,7 +115,10 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let config = weft_model::load_dir(&opts.config_dir)?;
     let (name, namespace) = match opts.service.split_once('.') {
         Some((n, ns)) => (n.to_string(), ns.to_string()),
-        None => (opts.service.clone(), weft_model::DEFAULT_NAMESPACE.to_string()),
+        None => (
+            opts.service.clone(),
+            weft_model::DEFAULT_NAMESPACE.to_string(),
+        ),
     };
     if config.service(&namespace, &name).is_none() {
         tracing::warn!(service = %opts.service, "the local service is not in the config; outbound still works");
@@ -128,8 +131,16 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let snapshot = Snapshot::build(Arc::new(config), 1, &build, &registry);
     let app = opts.app.map(|addr| App {
         addr,
-        h1: Arc::new(upstream::EndpointClient::new(addr, false, opts.connect_timeout)),
-        h2: Arc::new(upstream::EndpointClient::new(addr, true, opts.connect_timeout)),
+        h1: Arc::new(upstream::EndpointClient::new(
+            addr,
+            false,
+            opts.connect_timeout,
+        )),
+        h2: Arc::new(upstream::EndpointClient::new(
+            addr,
+            true,
+            opts.connect_timeout,
+        )),
     });
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
@@ -156,8 +167,12 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         None => None,
     };
     let admin_l = bind("admin", opts.admin).await?;
-    let outbound = outbound_l.local_addr().expect("bound socket has an address");
-    let inbound = inbound_l.as_ref().map(|l| l.local_addr().expect("bound socket has an address"));
+    let outbound = outbound_l
+        .local_addr()
+        .expect("bound socket has an address");
+    let inbound = inbound_l
+        .as_ref()
+        .map(|l| l.local_addr().expect("bound socket has an address"));
     let admin = admin_l.local_addr().expect("bound socket has an address");
 
     let mut listeners = Vec::new();
@@ -167,13 +182,28 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), Ok(outbound));
-        tokio::spawn(listener::serve(l, name.into(), role, shared.clone(), stop_rx.clone(), opts.drain_timeout))
+        tokio::spawn(listener::serve(
+            l,
+            name.into(),
+            role,
+            shared.clone(),
+            stop_rx.clone(),
+            opts.drain_timeout,
+        ))
     };
     listeners.push(spawn(outbound_l, "outbound", Role::Outbound, &shared));
-    shared.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert("outbound".into(), Ok(outbound));
+    shared
+        .listeners
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert("outbound".into(), Ok(outbound));
     if let (Some(l), Some(addr)) = (inbound_l, inbound) {
         listeners.push(spawn(l, "inbound", Role::Inbound, &shared));
-        shared.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert("inbound".into(), Ok(addr));
+        shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert("inbound".into(), Ok(addr));
     } else {
         tracing::info!("no --app given: no inbound listener");
     }
@@ -189,7 +219,12 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             published,
             stop_rx.clone(),
         )),
-        tokio::spawn(manage_vips(shared.clone(), published_rx, stop_rx.clone(), opts.drain_timeout)),
+        tokio::spawn(manage_vips(
+            shared.clone(),
+            published_rx,
+            stop_rx.clone(),
+            opts.drain_timeout,
+        )),
     ];
     tracing::info!(%outbound, ?inbound, %admin, service = %shared.local_service, "proxy started");
     Ok(RunningProxy {
@@ -219,7 +254,11 @@ async fn manage_vips(
             let keep = wanted.contains(addr);
             if !keep {
                 tx.send_replace(true);
-                shared.listeners.lock().unwrap_or_else(|p| p.into_inner()).remove(&format!("vip {addr}"));
+                shared
+                    .listeners
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&format!("vip {addr}"));
                 tracing::info!(%addr, "virtual address listener removed");
             }
             keep
@@ -232,7 +271,14 @@ async fn manage_vips(
             let status = match TcpListener::bind(addr).await {
                 Ok(l) => {
                     let (tx, rx) = watch::channel(false);
-                    let h = tokio::spawn(listener::serve(l, name.clone().into(), Role::Vip(addr), shared.clone(), rx, drain));
+                    let h = tokio::spawn(listener::serve(
+                        l,
+                        name.clone().into(),
+                        Role::Vip(addr),
+                        shared.clone(),
+                        rx,
+                        drain,
+                    ));
                     running.insert(addr, (tx, h));
                     tracing::info!(%addr, "virtual address listener started");
                     Ok(addr)
@@ -242,7 +288,11 @@ async fn manage_vips(
                     Err(format!("cannot listen on {addr}: {e}"))
                 }
             };
-            shared.listeners.lock().unwrap_or_else(|p| p.into_inner()).insert(name, status);
+            shared
+                .listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name, status);
         }
         tokio::select! {
             r = published.changed() => if r.is_err() { break },

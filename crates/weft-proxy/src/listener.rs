@@ -80,12 +80,15 @@ pub async fn serve(
         tokio::spawn(async move {
             let _guard = guard;
             match role {
-                Role::Outbound => outbound_http(stream, peer, Target::Host, shared, &server, watcher).await,
+                Role::Outbound => {
+                    outbound_http(stream, peer, Target::Host, shared, &server, watcher).await
+                }
                 Role::Vip(addr) => {
                     let snapshot = shared.snapshot.load_full();
                     match snapshot.vips.get(&addr) {
                         Some(VipTarget::Http(_)) => {
-                            outbound_http(stream, peer, Target::Vip(addr), shared, &server, watcher).await
+                            outbound_http(stream, peer, Target::Vip(addr), shared, &server, watcher)
+                                .await
                         }
                         Some(VipTarget::Tcp(cluster)) => {
                             tcp::forward(stream, bytes::Bytes::new(), cluster, &shared).await
@@ -98,7 +101,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(listener = %name, "drain timed out; closing remaining connections");
     }
 }
@@ -142,7 +148,9 @@ async fn inbound_connection(
     .unwrap_or(Some(Detected::Opaque));
     let Some(detected) = detected else { return };
     let prefix = prefix.freeze();
-    let Some(app) = shared.app.as_ref().map(|a| a.addr) else { return };
+    let Some(app) = shared.app.as_ref().map(|a| a.addr) else {
+        return;
+    };
     match detected {
         Detected::Opaque => tcp::forward_to(stream, prefix, app, &shared).await,
         Detected::Http1 | Detected::Http2 => {

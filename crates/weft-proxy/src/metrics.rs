@@ -125,7 +125,11 @@ impl ProxyMetrics {
             config_generation.clone(),
         );
         let config_reloads = Counter::default();
-        registry.register("config_reloads", "Config changes applied", config_reloads.clone());
+        registry.register(
+            "config_reloads",
+            "Config changes applied",
+            config_reloads.clone(),
+        );
         let config_errors = Counter::default();
         registry.register(
             "config_errors",

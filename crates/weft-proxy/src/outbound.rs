@@ -58,19 +58,45 @@ pub async fn handle(
     let Some(table) = table else {
         let host = request_authority(&req).unwrap_or("").to_string();
         let err = ProxyError::NoRoute(format!("no Service for host {host:?}"));
-        return Ok(shared.answer_error(Direction::Outbound, UNKNOWN.into(), UNKNOWN.into(), err, grpc, start));
+        return Ok(shared.answer_error(
+            Direction::Outbound,
+            UNKNOWN.into(),
+            UNKNOWN.into(),
+            err,
+            grpc,
+            start,
+        ));
     };
     let (parts, body) = req.into_parts();
     let Some(rule) = table.find(&parts) else {
-        let err = ProxyError::NoRoute(format!("no rule of {} matches {} {}", table.service, parts.method, parts.uri.path()));
-        return Ok(shared.answer_error(Direction::Outbound, table.service.clone(), UNKNOWN.into(), err, grpc, start));
+        let err = ProxyError::NoRoute(format!(
+            "no rule of {} matches {} {}",
+            table.service,
+            parts.method,
+            parts.uri.path()
+        ));
+        return Ok(shared.answer_error(
+            Direction::Outbound,
+            table.service.clone(),
+            UNKNOWN.into(),
+            err,
+            grpc,
+            start,
+        ));
     };
 
     // 4. split, 5. balance
     let endpoint = rule.pick_backend().and_then(|c| c.pick().map(|e| (c, e)));
     let Some((cluster, endpoint)) = endpoint else {
         let err = ProxyError::NoEndpoints(table.service.to_string());
-        return Ok(shared.answer_error(Direction::Outbound, table.service.clone(), rule.label.clone(), err, grpc, start));
+        return Ok(shared.answer_error(
+            Direction::Outbound,
+            table.service.clone(),
+            rule.label.clone(),
+            err,
+            grpc,
+            start,
+        ));
     };
     shared
         .metrics
@@ -85,7 +111,14 @@ pub async fn handle(
     let result = forward(endpoint, Request::from_parts(parts, body), rule.timeout).await;
 
     // 7. metrics
-    Ok(shared.finish(Direction::Outbound, table.service.clone(), rule.label.clone(), result, grpc, start))
+    Ok(shared.finish(
+        Direction::Outbound,
+        table.service.clone(),
+        rule.label.clone(),
+        result,
+        grpc,
+        start,
+    ))
 }
 
 impl Shared {

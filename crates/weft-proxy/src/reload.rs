@@ -19,7 +19,9 @@ use crate::state::Shared;
 type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
 
 fn fingerprint(dir: &Path) -> Fingerprint {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut fp: Fingerprint = entries
         .filter_map(|e| e.ok())
         .filter(|e| {
@@ -70,7 +72,12 @@ pub async fn watch_dir(
 }
 
 /// Loads `dir` now; returns whether a new snapshot was published.
-pub fn reload(dir: &Path, build: &BuildOptions, shared: &Shared, published: &watch::Sender<u64>) -> bool {
+pub fn reload(
+    dir: &Path,
+    build: &BuildOptions,
+    shared: &Shared,
+    published: &watch::Sender<u64>,
+) -> bool {
     let m = &shared.metrics;
     match weft_model::load_dir(dir) {
         Ok(config) => {

@@ -71,7 +71,8 @@ impl Matcher {
     /// rather than a panic.
     pub fn compile(m: &HttpRouteMatch) -> Self {
         let anchored = |v: &str| {
-            Regex::new(&format!("^(?:{v})$")).unwrap_or_else(|_| Regex::new("$^").expect("static regex"))
+            Regex::new(&format!("^(?:{v})$"))
+                .unwrap_or_else(|_| Regex::new("$^").expect("static regex"))
         };
         let path = match m.path.kind {
             PathMatchType::Exact => PathMatcher::Exact(m.path.value.clone()),
@@ -185,7 +186,10 @@ mod tests {
         assert!(!m(PathMatchType::Exact, "/a").matches(&req("GET", "/a/", &[])));
         let r = m(PathMatchType::RegularExpression, "/items/[0-9]+");
         assert!(r.matches(&req("GET", "/items/42", &[])));
-        assert!(!r.matches(&req("GET", "/items/42/x", &[])), "regexes match the whole path");
+        assert!(
+            !r.matches(&req("GET", "/items/42/x", &[])),
+            "regexes match the whole path"
+        );
     }
 
     #[test]

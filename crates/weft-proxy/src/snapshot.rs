@@ -14,7 +14,7 @@ use std::time::Duration;
 use weft_model::{Config, ObjectKey, Protocol, Service};
 use weft_policy::balance::{Balance, WeightedRoundRobin};
 
-use crate::route::{Matcher, Rule, RouteTable};
+use crate::route::{Matcher, RouteTable, Rule};
 use crate::upstream::{EndpointClient, EndpointRegistry};
 
 /// A Service port as a destination: its endpoints and how to pick one.
@@ -196,7 +196,9 @@ impl Builder<'_> {
         let mut rules: Vec<(_, Rule)> = Vec::new();
         for route in self.config.routes_for_service(svc) {
             let attached = route.parent_refs.iter().any(|p| {
-                p.namespace == svc.namespace && p.name == svc.name && p.port.is_none_or(|pp| pp == port)
+                p.namespace == svc.namespace
+                    && p.name == svc.name
+                    && p.port.is_none_or(|pp| pp == port)
             });
             if !attached {
                 continue;
@@ -209,7 +211,8 @@ impl Builder<'_> {
                     let Some(target) = self.config.service(&b.namespace, &b.name) else {
                         continue; // validation guarantees this exists
                     };
-                    let Some(bport) = b.port.or_else(|| target.first_http_port().map(|p| p.port)) else {
+                    let Some(bport) = b.port.or_else(|| target.first_http_port().map(|p| p.port))
+                    else {
                         continue;
                     };
                     backends.push(self.cluster(target, bport));
@@ -217,7 +220,12 @@ impl Builder<'_> {
                 }
                 for m in &rule.matches {
                     let matcher = Matcher::compile(m);
-                    let order = (matcher.precedence(), route.namespace.clone(), route.name.clone(), i);
+                    let order = (
+                        matcher.precedence(),
+                        route.namespace.clone(),
+                        route.name.clone(),
+                        i,
+                    );
                     rules.push((
                         order,
                         Rule {

@@ -40,7 +40,13 @@ async fn connect(addr: SocketAddr, shared: &Shared) -> std::io::Result<TcpStream
     Ok(s)
 }
 
-async fn splice(mut down: TcpStream, mut up: TcpStream, prefix: Bytes, label: &std::sync::Arc<str>, shared: &Shared) {
+async fn splice(
+    mut down: TcpStream,
+    mut up: TcpStream,
+    prefix: Bytes,
+    label: &std::sync::Arc<str>,
+    shared: &Shared,
+) {
     if !prefix.is_empty() && up.write_all(&prefix).await.is_err() {
         return;
     }
@@ -54,6 +60,8 @@ async fn splice(mut down: TcpStream, mut up: TcpStream, prefix: Bytes, label: &s
     shared
         .metrics
         .tcp_bytes
-        .get_or_create(&ListenerLabels { listener: label.clone() })
+        .get_or_create(&ListenerLabels {
+            listener: label.clone(),
+        })
         .inc_by(counted + prefix.len() as u64);
 }

@@ -130,7 +130,12 @@ pub struct EndpointRegistry {
 
 impl EndpointRegistry {
     /// The client for this endpoint, created on first use.
-    pub fn get(&self, addr: SocketAddr, http2: bool, connect_timeout: Duration) -> Arc<EndpointClient> {
+    pub fn get(
+        &self,
+        addr: SocketAddr,
+        http2: bool,
+        connect_timeout: Duration,
+    ) -> Arc<EndpointClient> {
         let mut map = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         map.entry((addr, http2))
             .or_insert_with(|| Arc::new(EndpointClient::new(addr, http2, connect_timeout)))

@@ -33,7 +33,11 @@ impl WeightedRoundRobin {
     pub fn starting_at(weights: &[u32], offset: usize) -> Self {
         let reduced = reduce(weights);
         let cycle = smooth_cycle(&reduced);
-        let next = if cycle.is_empty() { 0 } else { offset % cycle.len() };
+        let next = if cycle.is_empty() {
+            0
+        } else {
+            offset % cycle.len()
+        };
         Self {
             cycle: cycle.into_boxed_slice(),
             next: AtomicUsize::new(next),

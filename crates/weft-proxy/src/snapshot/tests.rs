@@ -55,8 +55,14 @@ fn hosts_resolve_in_every_form() {
     ] {
         assert!(s.lookup_host(host).is_some(), "{host} should resolve");
     }
-    assert!(s.lookup_host("catalog-v2").is_none(), "bare names resolve in the local namespace only");
-    assert!(s.lookup_host("catalog:9000").is_none(), "tcp ports have no HTTP routes");
+    assert!(
+        s.lookup_host("catalog-v2").is_none(),
+        "bare names resolve in the local namespace only"
+    );
+    assert!(
+        s.lookup_host("catalog:9000").is_none(),
+        "tcp ports have no HTTP routes"
+    );
     assert!(s.lookup_host("catalog:1234").is_none());
     assert!(s.lookup_host("nothing").is_none());
 }
@@ -66,7 +72,10 @@ fn rules_follow_precedence_and_split_by_weight() {
     let s = snapshot();
     let table = s.lookup_host("catalog").unwrap();
     let exact = table.find(&parts("/v2")).unwrap();
-    assert_eq!(&*exact.label, "split/1", "the exact match wins over the prefix rule written first");
+    assert_eq!(
+        &*exact.label, "split/1",
+        "the exact match wins over the prefix rule written first"
+    );
     assert_eq!(exact.timeout, Some(Duration::from_secs(2)));
     let rule = table.find(&parts("/items")).unwrap();
     let mut v2 = 0;
@@ -81,7 +90,11 @@ fn rules_follow_precedence_and_split_by_weight() {
 #[test]
 fn endpoints_are_picked_by_weight() {
     let s = snapshot();
-    let rule = s.lookup_host("catalog-v2.shop").unwrap().find(&parts("/")).unwrap();
+    let rule = s
+        .lookup_host("catalog-v2.shop")
+        .unwrap()
+        .find(&parts("/"))
+        .unwrap();
     assert_eq!(&*rule.label, "default");
     let table = s.lookup_host("catalog").unwrap();
     let cluster = table.find(&parts("/x")).unwrap().backends[0].clone();
@@ -112,6 +125,11 @@ fn endpoint_clients_survive_a_rebuild() {
     let reg = EndpointRegistry::default();
     let a = Snapshot::build(config.clone(), 1, &opts, &reg);
     let b = Snapshot::build(config, 2, &opts, &reg);
-    let ep = |s: &Snapshot| s.lookup_host("catalog-v2.shop").unwrap().rules[0].backends[0].endpoints[0].clone();
-    assert!(Arc::ptr_eq(&ep(&a), &ep(&b)), "warm connection pools are reused");
+    let ep = |s: &Snapshot| {
+        s.lookup_host("catalog-v2.shop").unwrap().rules[0].backends[0].endpoints[0].clone()
+    };
+    assert!(
+        Arc::ptr_eq(&ep(&a), &ep(&b)),
+        "warm connection pools are reused"
+    );
 }

@@ -1,0 +1,294 @@
+//! Command-line definitions and dispatch.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// weft: a service mesh with governance built in.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `weft_proxy=debug`.
+    /// RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", env = "WEFT_LOG")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a sidecar proxy for one Service (outbound + inbound listeners).
+    Proxy(ProxyArgs),
+    /// Check a config directory; print every problem and exit 1 if any.
+    Validate(ValidateArgs),
+    /// Run the local demo mesh: sample services, sidecars, traffic and a live view.
+    Demo(DemoArgs),
+    /// Run the built-in sample upstream app (used by the demo, tests and benchmarks).
+    App(AppArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Requests per second sent into the mesh (to the frontend).
+    #[arg(long, value_name = "RPS", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub rate: u32,
+    /// Write the example config here (default: a new temporary directory).
+    /// Edit it while the demo runs: the sidecars reload it.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// How often the live view refreshes.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    pub refresh: Duration,
+    /// Print one summary block per refresh instead of redrawing the screen
+    /// (automatic when stdout is not a terminal).
+    #[arg(long)]
+    pub plain: bool,
+    /// Pods get loopback addresses 127.<IP_BASE>.x.y; pick another value to run
+    /// two demos side by side.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub ip_base: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// Address to serve HTTP/1.1 and h2c on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Name reported in the `x-app-name` response header.
+    #[arg(long, default_value = "app")]
+    pub name: String,
+    /// Fixed delay added to every request.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
+    pub latency: Duration,
+    /// Extra random delay, uniform in 0..JITTER.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
+    pub jitter: Duration,
+    /// Share of requests answered with --error-status (0.0 to 1.0).
+    #[arg(long, value_name = "RATIO", default_value_t = 0.0, value_parser = ratio)]
+    pub error_rate: f64,
+    /// Status of injected errors.
+    #[arg(long, value_name = "CODE", default_value_t = 503, value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub error_status: u16,
+    /// Size in bytes of the GET response body.
+    #[arg(long, value_name = "BYTES", default_value_t = 16)]
+    pub body_size: usize,
+    /// A downstream call made for every request: `HOST/PATH@VIA_ADDR`
+    /// (through a sidecar's outbound listener) or `ADDR/PATH` (direct). Repeatable.
+    #[arg(long = "call", value_name = "CALL")]
+    pub calls: Vec<weft_demo::app::Call>,
+    /// Worker threads (1 = one thread for everything).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub workers: usize,
+}
+
+fn ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio between 0.0 and 1.0")),
+    }
+}
+
+/// Parses a duration like `500ms`, `10s`, `1m30s`.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    weft_model::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Directory of config YAML files (every *.yaml / *.yml); watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub config: PathBuf,
+    /// The Service this sidecar runs beside: `name` or `name.namespace`.
+    /// Bare host names resolve in its namespace.
+    #[arg(long, value_name = "NAME")]
+    pub service: String,
+    /// Outbound HTTP listener: the local app sends requests here, with the
+    /// target Service as Host (`catalog`, `catalog.ns`, `catalog.ns.svc.cluster.local`, with or without `:port`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
+    pub outbound: SocketAddr,
+    /// Inbound listener in front of the local app (HTTP/1.1, h2c and opaque TCP detected).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15006")]
+    pub inbound: SocketAddr,
+    /// The local app's address. Without it, no inbound listener is started.
+    #[arg(long, value_name = "ADDR")]
+    pub app: Option<SocketAddr>,
+    /// Admin listener: /ready, /live, /metrics, /config_dump.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// Data-plane worker threads. 1 runs everything on one thread (the
+    /// cheapest for a sidecar beside a small app); the default 2 lets one slow
+    /// handshake not stall other connections. Benchmarks set it equal to the
+    /// peers' thread count.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+    /// Timeout for TCP connects to endpoints.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Close HTTP/1 connections whose request headers take longer than this.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1 gets 431 above it).
+    #[arg(long, value_name = "BYTES", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(8192..=1048576))]
+    pub max_header_bytes: u32,
+    /// Inbound: how long to wait for a client's first bytes before treating the connection as opaque TCP.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    pub detect_timeout: Duration,
+    /// On SIGTERM: how long in-flight requests may take to finish.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// How often the config directory is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = duration)]
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Directory of config YAML files.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+pub fn init_logging(cli: &Cli) {
+    // The demo's live view owns the terminal: its sidecars log warnings only,
+    // unless asked otherwise.
+    let level = match (&cli.command, cli.log.as_str()) {
+        (Command::Demo(_), "info") => "warn",
+        (_, level) => level,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(a) => Ok(validate(&a.dir)),
+        Command::Proxy(a) => {
+            let workers = a.workers as usize;
+            runtime(workers)?.block_on(proxy(a))
+        }
+        Command::Demo(a) => runtime(2)?.block_on(demo(a)),
+        Command::App(a) => runtime(a.workers)?.block_on(app(a)),
+    }
+}
+
+/// One worker means one thread for everything (current-thread runtime).
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn validate(dir: &std::path::Path) -> ExitCode {
+    match weft_model::load_dir(dir) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} services, {} HTTP routes)",
+                dir.display(),
+                c.services.len(),
+                c.http_routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            print!("{errors}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = weft_proxy::ProxyOptions::new(a.config, a.service);
+    opts.outbound = a.outbound;
+    opts.inbound = a.inbound;
+    opts.app = a.app;
+    opts.admin = a.admin;
+    opts.connect_timeout = a.connect_timeout;
+    opts.header_read_timeout = a.header_read_timeout;
+    opts.max_header_bytes = a.max_header_bytes as usize;
+    opts.detect_timeout = a.detect_timeout;
+    opts.drain_timeout = a.drain_timeout;
+    opts.reload_interval = a.reload_interval;
+    let running = match weft_proxy::start(opts).await {
+        Ok(r) => r,
+        Err(weft_proxy::StartError::Config(errors)) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "draining");
+    tokio::select! {
+        () = running.shutdown() => {}
+        _ = shutdown_signal() => tracing::warn!("second signal: exiting without waiting for the drain"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), naming which.
+pub async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+async fn app(a: AppArgs) -> anyhow::Result<ExitCode> {
+    let cfg = weft_demo::app::AppConfig {
+        name: a.name,
+        listen: a.listen,
+        latency: a.latency,
+        jitter: a.jitter,
+        error_rate: a.error_rate,
+        error_status: a.error_status,
+        body_size: a.body_size,
+        calls: a.calls,
+    };
+    let app = weft_demo::app::start(cfg).await?;
+    tracing::info!(addr = %app.local_addr(), "sample app serving");
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "stopping");
+    app.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let opts = weft_demo::demo::DemoOptions {
+        duration: a.duration,
+        rate: a.rate,
+        config_dir: a.config_dir,
+        refresh: a.refresh,
+        plain: a.plain,
+        ip_base: a.ip_base,
+    };
+    let mut signals = Box::pin(shutdown_signal());
+    let stop = async move {
+        let _ = signals.as_mut().await;
+    };
+    weft_demo::demo::run(opts, stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
