@@ -3,6 +3,7 @@
 //! hop-by-hop headers, honouring the route timeout and splicing HTTP/1.1
 //! upgrades (e.g. WebSocket) into a raw byte tunnel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -26,7 +27,7 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
 
 /// Forwards `req` to `endpoint`; `timeout` bounds the wait for response headers.
 pub async fn forward(
-    endpoint: &EndpointClient,
+    endpoint: &Arc<EndpointClient>,
     mut req: Request<Incoming>,
     timeout: Option<Duration>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -39,29 +40,44 @@ pub async fn forward(
     strip_hop_by_hop(req.headers_mut(), upgrade);
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
-    let authority = match request_authority(&req).map(str::parse::<Authority>) {
-        Some(Ok(a)) => a,
-        Some(Err(_)) => return Err(ProxyError::BadRequest("invalid Host/:authority".into())),
-        None => endpoint
-            .label
-            .parse()
-            .map_err(|_| ProxyError::BadRequest("no Host/:authority".into()))?,
-    };
     let path = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority);
-    parts.path_and_query = Some(path);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     if endpoint.http2 {
-        *req.version_mut() = Version::HTTP_2;
-        // :authority carries it; a duplicate Host could disagree.
+        // HTTP/2 carries the authority in the URI (`:authority`); a Host
+        // header beside it could disagree.
+        let authority = match request_authority(&req).map(str::parse::<Authority>) {
+            Some(Ok(a)) => a,
+            Some(Err(_)) => return Err(ProxyError::BadRequest("invalid Host/:authority".into())),
+            None => endpoint
+                .label
+                .parse()
+                .map_err(|_| ProxyError::BadRequest("no Host/:authority".into()))?,
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(path);
+        *req.uri_mut() =
+            Uri::from_parts(parts).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
         req.headers_mut().remove(header::HOST);
+        *req.version_mut() = Version::HTTP_2;
     } else {
+        // HTTP/1.1: origin-form URI, authority in Host (an HTTP/2 client's
+        // `:authority` becomes the Host).
+        if !req.headers().contains_key(header::HOST) {
+            let host = req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or(&endpoint.label);
+            let host = http::HeaderValue::from_str(host)
+                .map_err(|_| ProxyError::BadRequest("invalid :authority".into()))?;
+            req.headers_mut().insert(header::HOST, host);
+        }
+        *req.uri_mut() = Uri::from(path);
         *req.version_mut() = Version::HTTP_11;
     }
 
@@ -92,5 +108,5 @@ pub async fn forward(
         });
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
-    Ok(resp.map(ProxyBody::from))
+    Ok(resp)
 }

@@ -18,7 +18,6 @@ use hyper::body::Incoming;
 use crate::body::ProxyBody;
 use crate::forward::forward;
 use crate::headers::is_grpc;
-use crate::metrics::Direction;
 use crate::state::Shared;
 
 pub async fn handle(
@@ -37,12 +36,5 @@ pub async fn handle(
         &app.h1
     };
     let result = forward(client, req, None).await;
-    Ok(shared.finish(
-        Direction::Inbound,
-        shared.local_service.clone(),
-        "inbound".into(),
-        result,
-        grpc,
-        start,
-    ))
+    Ok(shared.finish(&shared.inbound_stats, result, grpc, start))
 }

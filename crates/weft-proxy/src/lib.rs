@@ -128,7 +128,9 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         local_namespace: namespace.clone(),
     };
     let registry = EndpointRegistry::default();
-    let snapshot = Snapshot::build(Arc::new(config), 1, &build, &registry);
+    let metrics = metrics::ProxyMetrics::new();
+    let snapshot = Snapshot::build(Arc::new(config), 1, &build, &registry, &metrics);
+    let local_service: Arc<str> = format!("{name}.{namespace}").into();
     let app = opts.app.map(|addr| App {
         addr,
         h1: Arc::new(upstream::EndpointClient::new(
@@ -144,8 +146,13 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     });
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
-        metrics: metrics::ProxyMetrics::new(),
-        local_service: format!("{name}.{namespace}").into(),
+        inbound_stats: metrics.route_stats(
+            metrics::Direction::Inbound,
+            local_service.clone(),
+            "inbound".into(),
+        ),
+        metrics,
+        local_service,
         app,
         registry,
         limits: Limits {

@@ -183,6 +183,70 @@ impl Default for ProxyMetrics {
     }
 }
 
+/// A route's metric handles, resolved once when the snapshot is built so the
+/// request path does no label hashing for the common case (a 200).
+pub struct RouteStats {
+    base: RequestLabels,
+    ok: Counter,
+    latency: Histogram,
+}
+
+impl RouteStats {
+    /// Records one finished request on this route.
+    pub fn record(
+        &self,
+        metrics: &ProxyMetrics,
+        code: u16,
+        error: &'static str,
+        elapsed: Duration,
+    ) {
+        if code == 200 && error.is_empty() {
+            self.ok.inc();
+        } else {
+            let labels = RequestLabels {
+                code,
+                error,
+                ..self.base.clone()
+            };
+            metrics.requests.get_or_create(&labels).inc();
+        }
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl ProxyMetrics {
+    /// The handles for one (direction, service, route).
+    pub fn route_stats(
+        &self,
+        direction: Direction,
+        service: Arc<str>,
+        route: Arc<str>,
+    ) -> RouteStats {
+        let base = RequestLabels {
+            direction,
+            service: service.clone(),
+            route,
+            code: 200,
+            error: "",
+        };
+        RouteStats {
+            ok: self.requests.get_or_create(&base).clone(),
+            latency: self
+                .latency
+                .get_or_create(&LatencyLabels { direction, service })
+                .clone(),
+            base,
+        }
+    }
+
+    /// The request counter of one endpoint of one Service.
+    pub fn endpoint_counter(&self, service: Arc<str>, endpoint: Arc<str>) -> Counter {
+        self.endpoint_requests
+            .get_or_create(&EndpointLabels { service, endpoint })
+            .clone()
+    }
+}
+
 /// Counts an open connection for as long as it lives.
 pub struct ConnectionGuard(Gauge);
 

@@ -22,7 +22,7 @@ use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::forward::{forward, request_authority};
 use crate::headers::is_grpc;
-use crate::metrics::{Direction, EndpointLabels, RequestLabels};
+use crate::metrics::{Direction, RequestLabels, RouteStats};
 use crate::snapshot::VipTarget;
 use crate::state::Shared;
 
@@ -86,65 +86,42 @@ pub async fn handle(
     };
 
     // 4. split, 5. balance
-    let endpoint = rule.pick_backend().and_then(|c| c.pick().map(|e| (c, e)));
-    let Some((cluster, endpoint)) = endpoint else {
+    let Some(endpoint) = rule.pick_backend().and_then(|c| c.pick()) else {
         let err = ProxyError::NoEndpoints(table.service.to_string());
-        return Ok(shared.answer_error(
-            Direction::Outbound,
-            table.service.clone(),
-            rule.label.clone(),
-            err,
-            grpc,
-            start,
-        ));
+        return Ok(shared.finish(&rule.stats, Err(err), grpc, start));
     };
-    shared
-        .metrics
-        .endpoint_requests
-        .get_or_create(&EndpointLabels {
-            service: cluster.label.clone(),
-            endpoint: endpoint.label.clone(),
-        })
-        .inc();
 
     // 6. forward
     let result = forward(endpoint, Request::from_parts(parts, body), rule.timeout).await;
 
     // 7. metrics
-    Ok(shared.finish(
-        Direction::Outbound,
-        table.service.clone(),
-        rule.label.clone(),
-        result,
-        grpc,
-        start,
-    ))
+    Ok(shared.finish(&rule.stats, result, grpc, start))
 }
 
 impl Shared {
     /// Turns a forwarding result into the downstream response and records it.
     pub fn finish(
         &self,
-        direction: Direction,
-        service: Arc<str>,
-        route: Arc<str>,
+        stats: &RouteStats,
         result: Result<Response<ProxyBody>, ProxyError>,
         grpc: bool,
         start: Instant,
     ) -> Response<ProxyBody> {
         match result {
             Ok(resp) => {
-                let labels = RequestLabels {
-                    direction,
-                    service,
-                    route,
-                    code: resp.status().as_u16(),
-                    error: "",
-                };
-                self.metrics.record(&labels, start.elapsed());
+                stats.record(&self.metrics, resp.status().as_u16(), "", start.elapsed());
                 resp
             }
-            Err(err) => self.answer_error(direction, service, route, err, grpc, start),
+            Err(err) => {
+                tracing::debug!(error = %err, "request failed");
+                stats.record(
+                    &self.metrics,
+                    err.status().as_u16(),
+                    err.code(),
+                    start.elapsed(),
+                );
+                err.to_response(grpc)
+            }
         }
     }
 

@@ -88,7 +88,13 @@ pub fn reload(
                 return false;
             }
             let generation = current.generation + 1;
-            let snap = Snapshot::build(Arc::new(config), generation, build, &shared.registry);
+            let snap = Snapshot::build(
+                Arc::new(config),
+                generation,
+                build,
+                &shared.registry,
+                &shared.metrics,
+            );
             shared.snapshot.store(Arc::new(snap));
             shared.registry.retain_used();
             m.config_generation.set(generation as i64);

@@ -9,6 +9,7 @@ use regex::Regex;
 use weft_model::{HeaderMatchType, HttpRouteMatch, PathMatchType};
 use weft_policy::balance::{Balance, WeightedRoundRobin};
 
+use crate::metrics::RouteStats;
 use crate::snapshot::Cluster;
 
 /// The rules for one Service port, most specific first.
@@ -26,6 +27,7 @@ pub struct Rule {
     pub backends: Vec<Arc<Cluster>>,
     pub split: WeightedRoundRobin,
     pub timeout: Option<Duration>,
+    pub stats: RouteStats,
 }
 
 impl Rule {

@@ -14,6 +14,9 @@ use std::time::Duration;
 use weft_model::{Config, ObjectKey, Protocol, Service};
 use weft_policy::balance::{Balance, WeightedRoundRobin};
 
+use prometheus_client::metrics::counter::Counter;
+
+use crate::metrics::{Direction, ProxyMetrics};
 use crate::route::{Matcher, RouteTable, Rule};
 use crate::upstream::{EndpointClient, EndpointRegistry};
 
@@ -23,13 +26,18 @@ pub struct Cluster {
     pub label: Arc<str>,
     pub protocol: Protocol,
     pub endpoints: Vec<Arc<EndpointClient>>,
+    /// `weft_endpoint_requests_total` of each endpoint, same order.
+    endpoint_requests: Vec<Counter>,
     balancer: WeightedRoundRobin,
 }
 
 impl Cluster {
-    /// The endpoint for the next request, `None` when there is none.
+    /// The endpoint for the next request, `None` when there is none; counted
+    /// as a request to that endpoint.
     pub fn pick(&self) -> Option<&Arc<EndpointClient>> {
-        self.balancer.pick().map(|i| &self.endpoints[i])
+        let i = self.balancer.pick()?;
+        self.endpoint_requests[i].inc();
+        Some(&self.endpoints[i])
     }
 }
 
@@ -82,11 +90,13 @@ impl Snapshot {
         generation: u64,
         opts: &BuildOptions,
         registry: &EndpointRegistry,
+        metrics: &ProxyMetrics,
     ) -> Snapshot {
         let mut b = Builder {
             config: &config,
             opts,
             registry,
+            metrics,
             clusters: HashMap::new(),
         };
         let mut hosts = HashMap::new();
@@ -157,6 +167,7 @@ struct Builder<'a> {
     config: &'a Config,
     opts: &'a BuildOptions,
     registry: &'a EndpointRegistry,
+    metrics: &'a ProxyMetrics,
     clusters: HashMap<(ObjectKey, u16), Arc<Cluster>>,
 }
 
@@ -179,10 +190,19 @@ impl Builder<'_> {
         // Start each cluster at a different point of its cycle so that many
         // sidecars with the same config spread their first requests.
         let offset = std::process::id() as usize;
+        let label: Arc<str> = format!("{}.{}", svc.name, svc.namespace).into();
+        let endpoint_requests = endpoints
+            .iter()
+            .map(|e| {
+                self.metrics
+                    .endpoint_counter(label.clone(), e.label.clone())
+            })
+            .collect();
         let c = Arc::new(Cluster {
-            label: format!("{}.{}", svc.name, svc.namespace).into(),
+            label,
             protocol,
             endpoints,
+            endpoint_requests,
             balancer: WeightedRoundRobin::starting_at(&weights, offset),
         });
         self.clusters.insert(key, c.clone());
@@ -234,6 +254,11 @@ impl Builder<'_> {
                             backends: backends.clone(),
                             split: WeightedRoundRobin::new(&weights),
                             timeout: rule.timeouts.request,
+                            stats: self.metrics.route_stats(
+                                Direction::Outbound,
+                                service.clone(),
+                                label.clone(),
+                            ),
                         },
                     ));
                 }
@@ -250,8 +275,14 @@ impl Builder<'_> {
                 headers: vec![],
                 method: None,
             };
+            let label: Arc<str> = "default".into();
             rules.push(Rule {
-                label: "default".into(),
+                stats: self.metrics.route_stats(
+                    Direction::Outbound,
+                    service.clone(),
+                    label.clone(),
+                ),
+                label,
                 matcher: Matcher::compile(&all),
                 backends: vec![self.cluster(svc, port)],
                 split: WeightedRoundRobin::new(&[1]),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::metrics::ProxyMetrics;
+use crate::metrics::{ProxyMetrics, RouteStats};
 use crate::snapshot::Snapshot;
 use crate::upstream::{EndpointClient, EndpointRegistry};
 
@@ -33,6 +33,8 @@ pub struct Limits {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: ProxyMetrics,
+    /// Metric handles of the inbound direction.
+    pub inbound_stats: RouteStats,
     /// `name.namespace` of the service this sidecar runs beside.
     pub local_service: Arc<str>,
     pub app: Option<App>,

@@ -34,7 +34,13 @@ fn snapshot() -> Snapshot {
         connect_timeout: Duration::from_secs(1),
         local_namespace: "default".into(),
     };
-    Snapshot::build(Arc::new(config), 1, &opts, &EndpointRegistry::default())
+    Snapshot::build(
+        Arc::new(config),
+        1,
+        &opts,
+        &EndpointRegistry::default(),
+        &ProxyMetrics::new(),
+    )
 }
 
 fn parts(path: &str) -> http::request::Parts {
@@ -123,8 +129,9 @@ fn endpoint_clients_survive_a_rebuild() {
         local_namespace: "default".into(),
     };
     let reg = EndpointRegistry::default();
-    let a = Snapshot::build(config.clone(), 1, &opts, &reg);
-    let b = Snapshot::build(config, 2, &opts, &reg);
+    let m = ProxyMetrics::new();
+    let a = Snapshot::build(config.clone(), 1, &opts, &reg, &m);
+    let b = Snapshot::build(config, 2, &opts, &reg, &m);
     let ep = |s: &Snapshot| {
         s.lookup_host("catalog-v2.shop").unwrap().rules[0].backends[0].endpoints[0].clone()
     };
