@@ -127,6 +127,15 @@ impl RunningApp {
         self.shared.stats()
     }
 
+    /// Admin endpoints (`/ready`, `/metrics`) for this app, named `name`.
+    pub fn admin(&self, name: &str) -> crate::admin::AppAdmin {
+        let shared = self.shared.clone();
+        crate::admin::AppAdmin {
+            name: name.to_string(),
+            stats: Box::new(move || shared.stats()),
+        }
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (at most
     /// 5 s, then cuts them off) and returns once the port is closed.
     pub async fn shutdown(self) {

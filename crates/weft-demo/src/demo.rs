@@ -51,6 +51,9 @@ pub struct DemoOptions {
     /// Pods live at `127.<ip_base>.x.y`; another base lets a second demo
     /// (or a test) run beside the first. The written config uses it too.
     pub ip_base: u8,
+    /// The demo's own admin port (`/ready` once the mesh is up, `/metrics`
+    /// with the traffic driver's counters); `None` for none.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Default for DemoOptions {
@@ -62,6 +65,7 @@ impl Default for DemoOptions {
             refresh: Duration::from_secs(1),
             plain: false,
             ip_base: 0,
+            admin: None,
         }
     }
 }
@@ -160,6 +164,16 @@ async fn watch(
         path: "/",
     };
     let driver = Driver::start(target, opts.rate)?;
+    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = opts.admin {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on the demo's admin address {addr}: {e}")
+        })?;
+        let admin = Arc::new(DemoAdmin {
+            traffic: driver.stats.clone(),
+        });
+        tokio::spawn(weft_proxy::admin::serve(listener, admin, admin_stopped));
+    }
     let first = Moment::take(mesh, driver.stats.snapshot());
     let deadline = opts.duration.map(|d| first.at + d);
     let mut previous = first.clone();
@@ -178,10 +192,51 @@ async fn watch(
         ));
         previous = now;
     }
+    admin_stop.send_replace(true);
     let traffic = driver.stop().await;
     let last = Moment::take(mesh, traffic).view_since(&first, &first, opts, dir, true);
     screen.show(&view::render(&last));
     Ok(last)
+}
+
+/// The demo's admin endpoints: ready while traffic runs, the driver's
+/// counters as metrics.
+struct DemoAdmin {
+    traffic: Arc<traffic::TrafficStats>,
+}
+
+impl weft_proxy::admin::AdminEndpoints for DemoAdmin {
+    fn ready(&self) -> bool {
+        true
+    }
+    fn metrics(&self) -> String {
+        use crate::admin::counter;
+        let t = self.traffic.snapshot();
+        let mut out = String::new();
+        counter(
+            &mut out,
+            "weft_demo_requests_sent",
+            "Requests sent into the mesh",
+            "",
+            t.sent,
+        );
+        counter(
+            &mut out,
+            "weft_demo_requests_ok",
+            "Requests answered with a non-5xx status",
+            "",
+            t.ok,
+        );
+        counter(
+            &mut out,
+            "weft_demo_requests_late",
+            "Requests due but not sent on time",
+            "",
+            t.late,
+        );
+        out.push_str("# EOF\n");
+        out
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -1,5 +1,8 @@
 //! The admin port: `/ready`, `/live`, `/metrics` (Prometheus text) and
 //! `/config_dump` (JSON). HTTP/1.1, off the data path's listeners.
+//!
+//! Every long-running weft command serves one: the proxy, and through
+//! [`AdminEndpoints`] the sample app and the demo.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,7 +18,36 @@ use tokio::sync::watch;
 use crate::body::ProxyBody;
 use crate::state::Shared;
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// What a command shows on its admin port.
+pub trait AdminEndpoints: Send + Sync + 'static {
+    /// `/ready`: 200 when true, 503 when false (starting or draining).
+    fn ready(&self) -> bool;
+    /// `/metrics`: Prometheus / OpenMetrics text.
+    fn metrics(&self) -> String;
+    /// `/config_dump`: JSON, when the command has a config.
+    fn config_dump(&self) -> Option<String> {
+        None
+    }
+}
+
+impl AdminEndpoints for Shared {
+    fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+    }
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+    fn config_dump(&self) -> Option<String> {
+        Some(config_dump(self))
+    }
+}
+
+/// Serves the admin endpoints until `stop` changes.
+pub async fn serve<A: AdminEndpoints>(
+    listener: TcpListener,
+    shared: Arc<A>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -48,8 +80,8 @@ fn text(
     r
 }
 
-async fn handle(
-    shared: Arc<Shared>,
+async fn handle<A: AdminEndpoints>(
+    shared: Arc<A>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -62,18 +94,25 @@ async fn handle(
     Ok(match req.uri().path() {
         "/live" => text(StatusCode::OK, "text/plain", "live\n"),
         "/ready" => {
-            if shared.draining.load(Ordering::Relaxed) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
-            } else {
+            if shared.ready() {
                 text(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
             }
         }
         "/metrics" => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
+            shared.metrics(),
         ),
-        "/config_dump" => text(StatusCode::OK, "application/json", config_dump(&shared)),
+        "/config_dump" => match shared.config_dump() {
+            Some(dump) => text(StatusCode::OK, "application/json", dump),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "this command has no config\n",
+            ),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",

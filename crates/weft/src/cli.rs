@@ -56,6 +56,10 @@ pub struct DemoArgs {
     /// two demos side by side.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub ip_base: u8,
+    /// The demo's admin port: /ready, /metrics (traffic sent, ok, late).
+    /// Default: 127.<IP_BASE>.0.2:15000 (each pod's sidecar has its own too).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +92,9 @@ pub struct AppArgs {
     /// Worker threads (1 = one thread for everything).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub workers: usize,
+    /// Admin port with /ready, /live and /metrics (requests, errors). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
 }
 
 fn ratio(s: &str) -> Result<f64, String> {
@@ -268,10 +275,23 @@ async fn app(a: AppArgs) -> anyhow::Result<ExitCode> {
         body_size: a.body_size,
         calls: a.calls,
     };
+    let name = cfg.name.clone();
     let app = weft_demo::app::start(cfg).await?;
-    tracing::info!(addr = %app.local_addr(), "sample app serving");
+    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = a.admin {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on the admin address {addr}"))?;
+        tokio::spawn(weft_proxy::admin::serve(
+            listener,
+            std::sync::Arc::new(app.admin(&name)),
+            admin_stopped,
+        ));
+    }
+    tracing::info!(addr = %app.local_addr(), admin = ?a.admin, "sample app serving");
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "stopping");
+    admin_stop.send_replace(true);
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -284,6 +304,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         refresh: a.refresh,
         plain: a.plain,
         ip_base: a.ip_base,
+        admin: Some(
+            a.admin
+                .unwrap_or_else(|| SocketAddr::from(([127, a.ip_base, 0, 2], 15000))),
+        ),
     };
     let mut signals = Box::pin(shutdown_signal());
     let stop = async move {

@@ -1,0 +1,100 @@
+//! The long-running commands besides the proxy: each has an admin port with
+//! /ready and /metrics and stops cleanly on SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use weft_test_support::{HttpClient, WeftProcess, free_addr, wait_until};
+
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0)
+}
+
+#[tokio::test]
+async fn app_admin_counts_requests_and_errors() {
+    let admin = free_addr();
+    let a = app(
+        "counted",
+        &[
+            "--admin",
+            &admin.to_string(),
+            "--error-rate",
+            "1.0",
+            "--error-status",
+            "500",
+        ],
+    )
+    .await;
+    let client = HttpClient::http1();
+    for _ in 0..5 {
+        let r = client.get(a.addr, "x", "/").await.unwrap();
+        assert_eq!(r.status, 500);
+    }
+    let ready = client.get(admin, "admin", "/ready").await.unwrap();
+    assert_eq!(ready.status, 200);
+    let m = client.get(admin, "admin", "/metrics").await.unwrap().text();
+    assert_eq!(sample(&m, "weft_app_requests_total"), 5.0, "{m}");
+    assert_eq!(sample(&m, "weft_app_errors_total"), 5.0, "{m}");
+}
+
+#[tokio::test]
+async fn demo_serves_traffic_and_stops_on_sigterm() {
+    // A loopback range of its own, so it can run beside other tests.
+    let base = 150 + (std::process::id() % 50) as u8;
+    let admin = free_addr();
+    let mut demo = WeftProcess::spawn(
+        &weft_bin(),
+        &[
+            "demo",
+            "--plain",
+            "--rate",
+            "100",
+            "--ip-base",
+            &base.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ],
+    )
+    .unwrap();
+    let client = HttpClient::http1();
+    wait_until("demo traffic flowing", Duration::from_secs(30), || async {
+        let m = client.get(admin, "admin", "/metrics").await.ok()?.text();
+        (sample(&m, "weft_demo_requests_ok_total") >= 100.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let m = client.get(admin, "admin", "/metrics").await.unwrap().text();
+    let (sent, ok) = (
+        sample(&m, "weft_demo_requests_sent_total"),
+        sample(&m, "weft_demo_requests_ok_total"),
+    );
+    assert!(ok / sent > 0.9, "success {ok}/{sent}");
+    // The frontend pod's sidecar is up too, with the split visible in its view.
+    let frontend_admin: std::net::SocketAddr = format!("127.{base}.1.1:15000").parse().unwrap();
+    assert_eq!(
+        client
+            .get(frontend_admin, "admin", "/ready")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    demo.sigterm();
+    let status = demo.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert!(status.success(), "{status:?}\n{}", demo.logs());
+    assert!(demo.logs().contains("final summary"), "{}", demo.logs());
+    assert!(
+        tokio::net::TcpStream::connect(frontend_admin)
+            .await
+            .is_err(),
+        "sidecars stopped"
+    );
+}
