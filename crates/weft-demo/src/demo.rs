@@ -164,16 +164,15 @@ async fn watch(
         path: "/",
     };
     let driver = Driver::start(target, opts.rate)?;
-    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
-    if let Some(addr) = opts.admin {
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen on the demo's admin address {addr}: {e}")
-        })?;
-        let admin = Arc::new(DemoAdmin {
-            traffic: driver.stats.clone(),
-        });
-        tokio::spawn(weft_proxy::admin::serve(listener, admin, admin_stopped));
-    }
+    let admin = match opts.admin {
+        Some(addr) => {
+            let endpoints = Arc::new(DemoAdmin {
+                traffic: driver.stats.clone(),
+            });
+            Some(weft_proxy::admin::start(addr, endpoints).await?)
+        }
+        None => None,
+    };
     let first = Moment::take(mesh, driver.stats.snapshot());
     let deadline = opts.duration.map(|d| first.at + d);
     let mut previous = first.clone();
@@ -192,7 +191,7 @@ async fn watch(
         ));
         previous = now;
     }
-    admin_stop.send_replace(true);
+    drop(admin);
     let traffic = driver.stop().await;
     let last = Moment::take(mesh, traffic).view_since(&first, &first, opts, dir, true);
     screen.show(&view::render(&last));

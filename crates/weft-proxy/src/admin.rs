@@ -42,6 +42,35 @@ impl AdminEndpoints for Shared {
     }
 }
 
+/// An admin server running on its own task; stops when dropped.
+pub struct AdminServer {
+    addr: std::net::SocketAddr,
+    _stop: watch::Sender<bool>,
+}
+
+impl AdminServer {
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+/// Binds `addr` and serves `endpoints` there until the returned handle drops.
+pub async fn start<A: AdminEndpoints>(
+    addr: std::net::SocketAddr,
+    endpoints: Arc<A>,
+) -> std::io::Result<AdminServer> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on the admin address {addr}: {e}"),
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(serve(listener, endpoints, stopped));
+    Ok(AdminServer { addr, _stop: stop })
+}
+
 /// Serves the admin endpoints until `stop` changes.
 pub async fn serve<A: AdminEndpoints>(
     listener: TcpListener,

@@ -277,21 +277,16 @@ async fn app(a: AppArgs) -> anyhow::Result<ExitCode> {
     };
     let name = cfg.name.clone();
     let app = weft_demo::app::start(cfg).await?;
-    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
-    if let Some(addr) = a.admin {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on the admin address {addr}"))?;
-        tokio::spawn(weft_proxy::admin::serve(
-            listener,
-            std::sync::Arc::new(app.admin(&name)),
-            admin_stopped,
-        ));
-    }
+    let admin = match a.admin {
+        Some(addr) => {
+            Some(weft_proxy::admin::start(addr, std::sync::Arc::new(app.admin(&name))).await?)
+        }
+        None => None,
+    };
     tracing::info!(addr = %app.local_addr(), admin = ?a.admin, "sample app serving");
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "stopping");
-    admin_stop.send_replace(true);
+    drop(admin);
     app.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
