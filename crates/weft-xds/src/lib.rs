@@ -1,0 +1,14 @@
+//! xDS v3 for weft: the resources the control plane serves, who gets which
+//! ([`node`]), the translation from weft's config model to Envoy / gRPC /
+//! weft resources, and the ADS server engine (state-of-the-world and delta).
+//!
+//! Protobuf types come from `envoy-types` (pre-generated, tonic 0.14) and stop
+//! at this crate's edge: proxies and the control plane see [`ResourceSet`]s
+//! and typed settings. Must not depend on hyper proxying or kube.
+
+pub mod node;
+pub mod resource;
+
+pub use envoy_types;
+pub use node::{DataPlane, NodeInfo};
+pub use resource::{Resource, ResourceSet, TypeUrl};
