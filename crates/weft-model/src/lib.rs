@@ -11,6 +11,7 @@ mod error;
 mod load;
 mod route;
 mod service;
+mod watch;
 
 pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors, DocumentRef};
@@ -20,6 +21,7 @@ pub use route::{
     HttpRouteTimeouts, ParentRef, PathMatch, PathMatchType,
 };
 pub use service::{Endpoint, Locality, Protocol, Service, ServicePort};
+pub use watch::DirWatch;
 
 /// The API group/version of weft's own resources.
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";

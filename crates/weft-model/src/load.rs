@@ -37,12 +37,7 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
         std::fs::read_dir(dir).map_err(|e| whole_dir(format!("cannot read directory: {e}")))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.')
-                && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                && p.is_file()
-        })
+        .filter(|p| is_config_file(p) && p.is_file())
         .collect();
     paths.sort();
     let mut files = Vec::with_capacity(paths.len());
@@ -69,6 +64,12 @@ pub fn load_dir(dir: &Path) -> Result<Config, ConfigErrors> {
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// Whether `path` names a config file: `*.yaml` / `*.yml`, not hidden.
+pub(crate) fn is_config_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
 }
 
 /// Loads one YAML stream; `origin` names it in errors.

@@ -1,43 +1,18 @@
-//! Config reload: the directory is polled for changes (file names, sizes,
-//! modification times); a change is loaded once it has been stable for one
-//! poll, so a half-written file is not read. A valid change is published as
-//! a new snapshot; an invalid one is logged, counted and shown on the admin
-//! port while the last good snapshot keeps serving.
-//!
-//! Polling rather than inotify: it behaves the same on every filesystem
-//! (bind mounts, ConfigMap symlink swaps) and costs a few `stat`s per tick.
+//! Config reload: the directory is polled for changes
+//! ([`weft_model::DirWatch`]: loaded once stable for one poll). A valid
+//! change is published as a new snapshot; an invalid one is logged, counted
+//! and shown on the admin port while the last good snapshot keeps serving.
 
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+use weft_model::DirWatch;
 
 use tokio::sync::watch;
 
 use crate::snapshot::{BuildOptions, Snapshot};
 use crate::state::Shared;
-
-type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
-
-fn fingerprint(dir: &Path) -> Fingerprint {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut fp: Fingerprint = entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            !n.starts_with('.') && (n.ends_with(".yaml") || n.ends_with(".yml"))
-        })
-        .filter_map(|e| {
-            // Follows symlinks, as ConfigMap mounts use them.
-            let m = std::fs::metadata(e.path()).ok()?;
-            Some((e.path(), m.len(), m.modified().ok()))
-        })
-        .collect();
-    fp.sort();
-    fp
-}
 
 /// Watches `dir` until `stop`; publishes each accepted config to `shared`
 /// and announces it on `published`.
@@ -49,25 +24,15 @@ pub async fn watch_dir(
     published: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut applied = fingerprint(&dir);
-    let mut pending: Option<Fingerprint> = None;
+    let mut watch = DirWatch::new(&dir);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stop.changed() => return,
         }
-        let fp = fingerprint(&dir);
-        if fp == applied {
-            pending = None;
-            continue;
+        if watch.poll() {
+            reload(&dir, &build, &shared, &published);
         }
-        if pending.as_ref() != Some(&fp) {
-            pending = Some(fp);
-            continue;
-        }
-        applied = fp;
-        pending = None;
-        reload(&dir, &build, &shared, &published);
     }
 }
 
