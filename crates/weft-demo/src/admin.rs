@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use weft_proxy::admin::AdminEndpoints;
+use weft_admin::AdminEndpoints;
 
 use crate::app::AppStats;
 

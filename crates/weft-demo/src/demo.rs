@@ -169,7 +169,7 @@ async fn watch(
             let endpoints = Arc::new(DemoAdmin {
                 traffic: driver.stats.clone(),
             });
-            Some(weft_proxy::admin::start(addr, endpoints).await?)
+            Some(weft_admin::start(addr, endpoints).await?)
         }
         None => None,
     };
@@ -204,7 +204,7 @@ struct DemoAdmin {
     traffic: Arc<traffic::TrafficStats>,
 }
 
-impl weft_proxy::admin::AdminEndpoints for DemoAdmin {
+impl weft_admin::AdminEndpoints for DemoAdmin {
     fn ready(&self) -> bool {
         true
     }

@@ -217,7 +217,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
 
     let (published, published_rx) = watch::channel(1u64);
     let background = vec![
-        tokio::spawn(admin::serve(admin_l, shared.clone(), stop_rx.clone())),
+        tokio::spawn(weft_admin::serve(admin_l, shared.clone(), stop_rx.clone())),
         tokio::spawn(reload::watch_dir(
             opts.config_dir.clone(),
             opts.reload_interval,

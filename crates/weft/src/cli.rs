@@ -278,9 +278,7 @@ async fn app(a: AppArgs) -> anyhow::Result<ExitCode> {
     let name = cfg.name.clone();
     let app = weft_demo::app::start(cfg).await?;
     let admin = match a.admin {
-        Some(addr) => {
-            Some(weft_proxy::admin::start(addr, std::sync::Arc::new(app.admin(&name))).await?)
-        }
+        Some(addr) => Some(weft_admin::start(addr, std::sync::Arc::new(app.admin(&name))).await?),
         None => None,
     };
     tracing::info!(addr = %app.local_addr(), admin = ?a.admin, "sample app serving");
