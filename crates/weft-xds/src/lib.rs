@@ -8,6 +8,7 @@
 
 pub mod node;
 pub mod resource;
+pub mod server;
 
 pub use envoy_types;
 pub use node::{DataPlane, NodeInfo};
