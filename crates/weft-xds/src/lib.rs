@@ -9,6 +9,7 @@
 pub mod node;
 pub mod resource;
 pub mod server;
+pub mod translate;
 
 pub use envoy_types;
 pub use node::{DataPlane, NodeInfo};

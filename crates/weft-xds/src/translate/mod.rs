@@ -1,0 +1,278 @@
+//! Model -> xDS: what each node receives for one validated [`Config`].
+//!
+//! The xDS form means what the weft proxy does with the same config
+//! (`weft-proxy`'s snapshot): the same host names, the same route precedence,
+//! the same default rule, the same weighted splits and VIP listeners. Each
+//! data plane gets the nearest form it accepts: Envoy and weft sidecars one
+//! form, proxyless gRPC clients another ([`DataPlane`]).
+//!
+//! # Resource names (a contract: clients ask for these)
+//!
+//! | type | name | what |
+//! |---|---|---|
+//! | Cluster, ClusterLoadAssignment | `NAME.NAMESPACE:PORT` | one per Service port (HTTP and tcp); `type: EDS` over ADS, round robin; HTTP/2 upstream for `http2`/`grpc` ports |
+//! | Cluster | `inbound\|NAME.NAMESPACE` | sidecars: the local app, `STATIC` at `127.0.0.1:PORT` |
+//! | Listener | `outbound` | sidecars: `127.0.0.1:<outbound_port>`, HTTP, RDS `outbound` |
+//! | RouteConfiguration | `outbound` | sidecars: one virtual host `NAME.NAMESPACE:PORT` per in-scope Service HTTP port |
+//! | Listener | `inbound` | sidecars of a Service: `127.0.0.1:<inbound_port>` -> `inbound\|NAME.NAMESPACE` |
+//! | Listener, RouteConfiguration | `vip\|IP:PORT` | sidecars: one per port of a Service with a `vip`, bound on that address (`vip\|[::1]:80` for IPv6); tcp ports have no route config |
+//! | Listener | each target a gRPC client may dial | gRPC: `NAME.NAMESPACE`, `NAME.NAMESPACE.svc`, `NAME.NAMESPACE.svc.cluster.local`, each also with `:PORT`; bare `NAME` / `NAME:PORT` for Services in the node's namespace |
+//! | RouteConfiguration | `NAME.NAMESPACE:PORT` | gRPC: the routes of one Service HTTP port, domain `*`; every listener of that port (and the port-less ones for the first HTTP port) points at it |
+//!
+//! # Who is who
+//!
+//! `node.cluster` is `NAME` or `NAME.NAMESPACE` (namespace `default` when
+//! absent): the Service the node runs beside, whose namespace is where bare
+//! names resolve. A cluster naming no Service is a client-only workload: it
+//! gets everything outbound and no inbound listener.
+//!
+//! # Assumptions
+//!
+//! - The inbound listener forwards to the app on `127.0.0.1:<Service port>`,
+//!   the first HTTP port if the Service has one (through the HTTP stack, HTTP/2
+//!   upstream for `http2`/`grpc`), else the first port as opaque TCP. The
+//!   control plane cannot know the app's real address; this is the convention.
+//! - Envoy's route `timeout` spans until the response is complete, weft's
+//!   until response headers: the nearest standard equivalent. Without a
+//!   configured timeout routes carry `timeout: 0s` (Envoy's default is 15 s;
+//!   weft has none). gRPC clients get the timeout as `max_stream_duration`.
+//! - gRPC clients always send `POST`: a rule matching `POST` loses its method
+//!   condition, a rule matching any other method is left out for them.
+//!
+//! # Cost
+//!
+//! A [`Translator`] belongs to one config generation and memoizes every
+//! piece that does not depend on the node (clusters, endpoints, per-port
+//! routes, VIP and inbound listeners, whole route configurations per
+//! namespace and scope), so the resource sets of many node groups share the
+//! same `Arc<Resource>`s and each piece is encoded once per generation.
+//! [`Translator::next`] carries clusters and endpoints of unchanged Services
+//! over to the next generation.
+
+mod cluster;
+mod grpc;
+mod memo;
+mod names;
+mod proto;
+mod route;
+mod sidecar;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_model::{Config, DEFAULT_NAMESPACE};
+
+use crate::node::{DataPlane, NodeInfo};
+use crate::resource::{Resource, ResourceSet};
+
+pub use names::{
+    INBOUND_LISTENER, OUTBOUND_LISTENER, OUTBOUND_ROUTE_CONFIG, cluster_name, inbound_cluster_name,
+    vip_listener_name,
+};
+
+use memo::Memo;
+
+/// Settings that aren't in the config documents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateOptions {
+    /// Sidecars' outbound listener port on 127.0.0.1.
+    pub outbound_port: u16,
+    /// Sidecars' inbound listener port on 127.0.0.1.
+    pub inbound_port: u16,
+    /// Upstream connect timeout of every cluster.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TranslateOptions {
+    fn default() -> Self {
+        TranslateOptions {
+            outbound_port: 15001,
+            inbound_port: 15006,
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Everything `node` should receive for `config`. Pure, deterministic.
+///
+/// A one-off convenience: to serve many nodes, build one [`Translator`] per
+/// config generation and share it.
+pub fn resources_for(config: &Config, node: &NodeInfo, opts: &TranslateOptions) -> ResourceSet {
+    Translator::new(Arc::new(config.clone()), opts.clone()).resources_for(node)
+}
+
+/// The Services (indices into `config.services`) whose configuration `node`
+/// receives. Every Service for now; the one place where per-node scoping
+/// (`spec.dependencies`, namespace defaults) goes.
+pub fn services_in_scope(config: &Config, _node: &NodeInfo) -> Vec<usize> {
+    (0..config.services.len()).collect()
+}
+
+/// The namespace where `node`'s bare names resolve: from `NAME.NAMESPACE` in
+/// `node.cluster`, else `default`.
+pub fn node_namespace(node: &NodeInfo) -> &str {
+    match node.cluster.split_once('.') {
+        Some((_, ns)) if !ns.is_empty() => ns,
+        _ => DEFAULT_NAMESPACE,
+    }
+}
+
+/// What a node is, as chosen by `node.cluster`. Gateways (a `Gateway` named
+/// like the node's cluster) become a second variant when the model has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload<'a> {
+    /// A sidecar in `namespace`, beside `service` (an index into
+    /// `config.services`), or a client-only workload when `None`.
+    Sidecar {
+        namespace: &'a str,
+        service: Option<usize>,
+    },
+}
+
+fn workload<'a>(config: &Config, node: &'a NodeInfo) -> Workload<'a> {
+    let namespace = node_namespace(node);
+    let name = node.cluster.split('.').next().unwrap_or_default();
+    Workload::Sidecar {
+        namespace,
+        service: service_index(config, namespace, name),
+    }
+}
+
+/// The index of a Service in `config.services` (sorted by namespace, name).
+fn service_index(config: &Config, namespace: &str, name: &str) -> Option<usize> {
+    config
+        .services
+        .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&(namespace, name)))
+        .ok()
+}
+
+/// The form a data plane receives. Envoy and weft share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Flavor {
+    Sidecar,
+    Grpc,
+}
+
+/// A Service port by index: `(index into config.services, port)`.
+type PortRef = (usize, u16);
+
+/// Translates one config generation for any number of nodes, encoding each
+/// shared piece once. Safe to use from several threads.
+pub struct Translator {
+    config: Arc<Config>,
+    opts: TranslateOptions,
+    clusters: Memo<PortRef, Arc<Resource>>,
+    loads: Memo<PortRef, Arc<Resource>>,
+    routes: Memo<(PortRef, Flavor), Arc<route::PortRoutes>>,
+    route_configs: Memo<(Flavor, String, Vec<usize>), Arc<Resource>>,
+    grpc_route_configs: Memo<PortRef, Arc<Resource>>,
+    grpc_listeners: Memo<(usize, bool), Arc<[Arc<Resource>]>>,
+    vips: Memo<usize, Arc<[Arc<Resource>]>>,
+    inbound: Memo<usize, Arc<[Arc<Resource>]>>,
+    outbound_listener: Memo<(), Arc<Resource>>,
+}
+
+impl Translator {
+    pub fn new(config: Arc<Config>, opts: TranslateOptions) -> Translator {
+        Translator {
+            config,
+            opts,
+            clusters: Memo::default(),
+            loads: Memo::default(),
+            routes: Memo::default(),
+            route_configs: Memo::default(),
+            grpc_route_configs: Memo::default(),
+            grpc_listeners: Memo::default(),
+            vips: Memo::default(),
+            inbound: Memo::default(),
+            outbound_listener: Memo::default(),
+        }
+    }
+
+    /// A translator for the next config generation that keeps this one's
+    /// clusters and endpoint assignments of every Service that did not change,
+    /// so an endpoint change re-encodes one assignment, not all of them.
+    pub fn next(&self, config: Arc<Config>) -> Translator {
+        let next = Translator::new(config, self.opts.clone());
+        for (new_index, svc) in next.config.services.iter().enumerate() {
+            let Some(old_index) = service_index(&self.config, &svc.namespace, &svc.name) else {
+                continue;
+            };
+            if self.config.services[old_index] != *svc {
+                continue;
+            }
+            for port in &svc.ports {
+                let (old, new) = ((old_index, port.port), (new_index, port.port));
+                if let Some(c) = self.clusters.get(&old) {
+                    next.clusters.insert(new, c);
+                }
+                if let Some(l) = self.loads.get(&old) {
+                    next.loads.insert(new, l);
+                }
+            }
+        }
+        next
+    }
+
+    /// The config this translator serves.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn options(&self) -> &TranslateOptions {
+        &self.opts
+    }
+
+    /// Everything `node` should receive. Nodes with the same kind and
+    /// `cluster` receive the same set.
+    pub fn resources_for(&self, node: &NodeInfo) -> ResourceSet {
+        let scope = services_in_scope(&self.config, node);
+        match (node.kind, workload(&self.config, node)) {
+            (DataPlane::Grpc, Workload::Sidecar { namespace, .. }) => {
+                self.grpc_resources(namespace, &scope)
+            }
+            (DataPlane::Envoy | DataPlane::Weft, Workload::Sidecar { namespace, service }) => {
+                self.sidecar_resources(namespace, service, &scope)
+            }
+        }
+    }
+
+    /// Adds the cluster and endpoint assignment of every port in `ports`.
+    fn insert_clusters(&self, set: &mut ResourceSet, ports: impl IntoIterator<Item = PortRef>) {
+        let mut ports: Vec<PortRef> = ports.into_iter().collect();
+        ports.sort_unstable();
+        ports.dedup();
+        for port in ports {
+            set.insert_shared(self.cluster(port));
+            set.insert_shared(self.load_assignment(port));
+        }
+    }
+
+    fn cluster(&self, port: PortRef) -> Arc<Resource> {
+        self.clusters.get_or_insert_with(port, || {
+            Arc::new(cluster::cluster(
+                &self.config.services[port.0],
+                port.1,
+                &self.opts,
+            ))
+        })
+    }
+
+    fn load_assignment(&self, port: PortRef) -> Arc<Resource> {
+        self.loads.get_or_insert_with(port, || {
+            Arc::new(cluster::load_assignment(
+                &self.config.services[port.0],
+                port.1,
+            ))
+        })
+    }
+
+    /// The routes of one Service HTTP port, in the given form.
+    fn port_routes(&self, port: PortRef, flavor: Flavor) -> Arc<route::PortRoutes> {
+        self.routes.get_or_insert_with((port, flavor), || {
+            Arc::new(route::port_routes(&self.config, port, flavor))
+        })
+    }
+}
