@@ -23,6 +23,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the control plane: serve the config directory over xDS v3 (ADS,
+    /// state-of-the-world and delta) to weft proxies, Envoy and gRPC clients.
+    Control(ControlArgs),
     /// Run a sidecar proxy for one Service (outbound + inbound listeners).
     Proxy(ProxyArgs),
     /// Check a config directory; print every problem and exit 1 if any.
@@ -158,6 +161,28 @@ pub struct ProxyArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ControlArgs {
+    /// Directory of config YAML files (every *.yaml / *.yml); watched for changes.
+    #[arg(long, value_name = "DIR")]
+    pub config: PathBuf,
+    /// ADS listener (gRPC over plaintext HTTP/2).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15010")]
+    pub xds: SocketAddr,
+    /// Admin listener: /ready, /metrics, /status, /config_dump?node=ID.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15011")]
+    pub admin: SocketAddr,
+    /// How often the config directory is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = duration)]
+    pub reload_interval: Duration,
+    /// Port of the outbound listener sent to Envoy sidecars (on 127.0.0.1).
+    #[arg(long, value_name = "PORT", default_value_t = 15001)]
+    pub sidecar_outbound_port: u16,
+    /// Port of the inbound listener sent to Envoy sidecars (on 127.0.0.1).
+    #[arg(long, value_name = "PORT", default_value_t = 15006)]
+    pub sidecar_inbound_port: u16,
+}
+
+#[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// Directory of config YAML files.
     #[arg(value_name = "DIR")]
@@ -183,6 +208,7 @@ pub fn init_logging(cli: &Cli) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(a) => Ok(validate(&a.dir)),
+        Command::Control(a) => runtime(2)?.block_on(control(a)),
         Command::Proxy(a) => {
             let workers = a.workers as usize;
             runtime(workers)?.block_on(proxy(a))
@@ -222,6 +248,27 @@ fn validate(dir: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn control(a: ControlArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = weft_control::ControlOptions::new(a.config);
+    opts.xds = a.xds;
+    opts.admin = a.admin;
+    opts.reload_interval = a.reload_interval;
+    opts.translate.outbound_port = a.sidecar_outbound_port;
+    opts.translate.inbound_port = a.sidecar_inbound_port;
+    let running = match weft_control::start(opts).await {
+        Ok(r) => r,
+        Err(weft_control::StartError::Config(errors)) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "stopping");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,202 @@
+//! weft's control plane: watches a config directory, validates it, turns it
+//! into per-node-group xDS snapshots and serves them over ADS (state of the
+//! world and delta) to weft proxies, Envoy and proxyless gRPC clients.
+//!
+//! Must not depend on proxy internals. Protobuf stays inside `weft-xds`.
+
+mod admin;
+mod cache;
+mod metrics;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weft_model::DirWatch;
+use weft_xds::server::{AdsServer, ServerStatus};
+use weft_xds::translate::TranslateOptions;
+
+pub use cache::{SnapshotCache, UpdateStats};
+
+/// Everything `weft control` is told on its command line.
+#[derive(Debug, Clone)]
+pub struct ControlOptions {
+    pub config_dir: PathBuf,
+    /// ADS (gRPC, plaintext HTTP/2).
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    pub reload_interval: Duration,
+    pub translate: TranslateOptions,
+}
+
+impl ControlOptions {
+    pub fn new(config_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            config_dir: config_dir.into(),
+            xds: ([127, 0, 0, 1], 15010).into(),
+            admin: ([127, 0, 0, 1], 15011).into(),
+            reload_interval: Duration::from_millis(200),
+            translate: TranslateOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] weft_model::ConfigErrors),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// State the admin port and the reloader share.
+pub(crate) struct Control {
+    pub cache: Arc<SnapshotCache>,
+    pub status: Arc<ServerStatus>,
+    pub metrics: metrics::ControlMetrics,
+    pub config_dir: PathBuf,
+    /// Why the newest config on disk was rejected, while it is.
+    pub last_error: Mutex<Option<String>>,
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+/// A started control plane.
+pub struct RunningControl {
+    control: Arc<Control>,
+    xds: SocketAddr,
+    admin: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Loads the config, binds the xDS and admin ports and starts serving.
+pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
+    let config = weft_model::load_dir(&opts.config_dir)?;
+    let xds_l = bind("xds", opts.xds).await?;
+    let admin_l = bind("admin", opts.admin).await?;
+    let xds = xds_l.local_addr().expect("bound socket has an address");
+    let admin = admin_l.local_addr().expect("bound socket has an address");
+
+    let cache = Arc::new(SnapshotCache::new(config, opts.translate.clone()));
+    let status = Arc::new(ServerStatus::new());
+    let control = Arc::new(Control {
+        cache: cache.clone(),
+        status: status.clone(),
+        metrics: metrics::ControlMetrics::new(),
+        config_dir: opts.config_dir.clone(),
+        last_error: Mutex::new(None),
+        draining: Default::default(),
+    });
+    control.metrics.config_generation.set(1);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let ads = AdsServer::new(cache, status).into_service();
+    let mut xds_stop = stop_rx.clone();
+    let xds_task = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_l);
+        let result = tonic::transport::Server::builder()
+            .add_service(ads)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = xds_stop.changed().await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "xDS server failed");
+        }
+    });
+    let admin_task = tokio::spawn(weft_admin::serve(admin_l, control.clone(), stop_rx.clone()));
+    let reload_task = tokio::spawn(watch_config(control.clone(), opts.reload_interval, stop_rx));
+    tracing::info!(%xds, %admin, dir = %opts.config_dir.display(), "control plane started");
+    Ok(RunningControl {
+        control,
+        xds,
+        admin,
+        stop,
+        tasks: vec![xds_task, admin_task, reload_task],
+    })
+}
+
+impl RunningControl {
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds
+    }
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+    pub fn cache(&self) -> &Arc<SnapshotCache> {
+        &self.control.cache
+    }
+
+    /// Stops serving: `/ready` turns 503, streams are closed (clients keep
+    /// their last config and reconnect elsewhere or later).
+    pub async fn shutdown(self) {
+        self.control
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.send_replace(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("control plane stopped");
+    }
+}
+
+async fn watch_config(control: Arc<Control>, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut watch = DirWatch::new(&control.config_dir);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+        if watch.poll() {
+            reload(&control);
+        }
+    }
+}
+
+/// Loads the directory now and publishes it when valid.
+fn reload(control: &Control) {
+    let m = &control.metrics;
+    match weft_model::load_dir(&control.config_dir) {
+        Ok(config) => {
+            *control.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            m.config_last_error.set(0);
+            let started = std::time::Instant::now();
+            if let Some(stats) = control.cache.update(config) {
+                let generation = control.cache.generation();
+                m.config_generation.set(generation as i64);
+                m.config_reloads.inc();
+                m.translate_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::info!(
+                    generation,
+                    groups_changed = stats.groups_changed,
+                    groups = stats.groups,
+                    "config published"
+                );
+            }
+        }
+        Err(errors) => {
+            m.config_errors.inc();
+            m.config_last_error.set(1);
+            for e in errors.iter() {
+                tracing::error!(error = %e, "config change rejected; the last good config keeps being served");
+            }
+            *control.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(errors.to_string());
+        }
+    }
+}
