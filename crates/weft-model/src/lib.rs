@@ -8,25 +8,43 @@
 
 mod duration;
 mod error;
+mod gateway;
+mod grpc_route;
 mod load;
+mod references;
 mod route;
 mod service;
+mod smi;
+mod table;
 mod watch;
 
 pub use duration::{DurationError, parse_duration};
 pub use error::{ConfigError, ConfigErrors, DocumentRef};
+pub use gateway::{
+    DEFAULT_GATEWAY_ADDRESS, Gateway, GatewayListener, ListenerProtocol, RoutesFrom,
+};
+pub use grpc_route::{
+    GrpcMethodMatch, GrpcMethodMatchType, GrpcRoute, GrpcRouteMatch, GrpcRouteRule,
+};
 pub use load::{load_dir, load_documents, load_str};
 pub use route::{
     BackendRef, HeaderMatch, HeaderMatchType, HttpRoute, HttpRouteMatch, HttpRouteRule,
-    HttpRouteTimeouts, ParentRef, PathMatch, PathMatchType,
+    HttpRouteTimeouts, ParentKind, ParentRef, PathMatch, PathMatchType, hostname_intersection,
 };
 pub use service::{Endpoint, Locality, Protocol, Service, ServicePort};
+pub use smi::{
+    HttpRouteGroup, RouteGroupMatch, SMI_SPECS_API_VERSION, SMI_SPLIT_API_VERSION, SplitBackend,
+    TrafficSplit,
+};
+pub use table::{GatewayHost, RouteEntry, RouteTable, trimmed_prefix};
 pub use watch::DirWatch;
 
 /// The API group/version of weft's own resources.
 pub const WEFT_API_VERSION: &str = "weft.dev/v1alpha1";
 /// The Gateway API group/version (standard channel).
 pub const GATEWAY_API_VERSION: &str = "gateway.networking.k8s.io/v1";
+/// The Gateway API group.
+pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// The namespace used when `metadata.namespace` is absent.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -53,25 +71,67 @@ impl std::fmt::Display for ObjectKey {
 }
 
 /// A whole, validated configuration: every resource has passed its own checks
-/// and every cross-reference (route -> Service) resolves.
+/// and every cross-reference (route -> Service or Gateway, split -> Service
+/// and HTTPRouteGroup, dependency -> Service) resolves. Every list is sorted
+/// by (namespace, name).
+///
+/// Routes are kept as written; [`Config::service_routes`] and
+/// [`Config::gateway_hosts`] give the internal form data planes apply.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Config {
-    /// Services sorted by (namespace, name).
     pub services: Vec<Service>,
-    /// HTTPRoutes sorted by (namespace, name).
+    pub gateways: Vec<Gateway>,
     pub http_routes: Vec<HttpRoute>,
+    pub grpc_routes: Vec<GrpcRoute>,
+    pub traffic_splits: Vec<TrafficSplit>,
+    pub http_route_groups: Vec<HttpRouteGroup>,
+}
+
+/// Binary search in a list sorted by (namespace, name).
+fn find<'a, T>(
+    list: &'a [T],
+    key: impl Fn(&T) -> (&str, &str),
+    namespace: &str,
+    name: &str,
+) -> Option<&'a T> {
+    list.binary_search_by(|x| key(x).cmp(&(namespace, name)))
+        .ok()
+        .map(|i| &list[i])
 }
 
 impl Config {
     /// Looks a Service up by namespace and name.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services
-            .binary_search_by(|s| (s.namespace.as_str(), s.name.as_str()).cmp(&(namespace, name)))
-            .ok()
-            .map(|i| &self.services[i])
+        find(
+            &self.services,
+            |s| (s.namespace.as_str(), s.name.as_str()),
+            namespace,
+            name,
+        )
     }
 
-    /// The HTTPRoutes whose `parentRefs` name the given Service.
+    /// Looks a Gateway up by namespace and name.
+    pub fn gateway(&self, namespace: &str, name: &str) -> Option<&Gateway> {
+        find(
+            &self.gateways,
+            |g| (g.namespace.as_str(), g.name.as_str()),
+            namespace,
+            name,
+        )
+    }
+
+    /// Looks an HTTPRouteGroup up by namespace and name.
+    pub fn http_route_group(&self, namespace: &str, name: &str) -> Option<&HttpRouteGroup> {
+        find(
+            &self.http_route_groups,
+            |g| (g.namespace.as_str(), g.name.as_str()),
+            namespace,
+            name,
+        )
+    }
+
+    /// The HTTPRoutes with a Service parent naming `service` (Gateway parents
+    /// of the same name do not count).
     pub fn routes_for_service<'a>(
         &'a self,
         service: &'a Service,
@@ -79,7 +139,7 @@ impl Config {
         self.http_routes.iter().filter(move |r| {
             r.parent_refs
                 .iter()
-                .any(|p| p.namespace == service.namespace && p.name == service.name)
+                .any(|p| p.is_service(&service.namespace, &service.name))
         })
     }
 }

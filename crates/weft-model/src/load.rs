@@ -1,16 +1,24 @@
 //! Loading: a directory (every `*.yaml` / `*.yml`, each a multi-document YAML
-//! stream) -> documents -> typed resources -> a validated [`Config`].
+//! stream) -> documents -> typed resources -> a validated [`Config`]. Each
+//! document is checked on its own here; checks across documents are in
+//! [`references`](crate::references).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{ConfigError, ConfigErrors, DocumentRef, Problems};
+use crate::gateway::GatewaySpec;
+use crate::grpc_route::GrpcRouteSpec;
 use crate::route::HttpRouteSpec;
 use crate::service::ServiceSpec;
-use crate::{Config, DEFAULT_NAMESPACE, GATEWAY_API_VERSION, WEFT_API_VERSION};
+use crate::smi::{HttpRouteGroupSpec, TrafficSplitSpec};
+use crate::{
+    Config, DEFAULT_NAMESPACE, GATEWAY_API_VERSION, SMI_SPECS_API_VERSION, SMI_SPLIT_API_VERSION,
+    WEFT_API_VERSION,
+};
 
 #[derive(Debug, Deserialize)]
 struct Metadata {
@@ -81,13 +89,12 @@ pub fn load_str(text: &str, origin: impl Into<PathBuf>) -> Result<Config, Config
 pub fn load_documents(files: Vec<(PathBuf, String)>) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut config = Config::default();
-    // kind/namespace/name -> where it was first defined, to name duplicates.
-    let mut seen: BTreeMap<String, DocumentRef> = BTreeMap::new();
-    let mut route_docs = Vec::new();
-    let mut broken = std::collections::BTreeSet::new();
+    // kind/namespace/name -> where it was defined: names duplicates, and
+    // places the errors of cross-document checks.
+    let mut docs = Documents::default();
 
     for (file, text) in files {
-        let docs: Vec<Value> = match serde_saphyr::from_multiple(&text) {
+        let values: Vec<Value> = match serde_saphyr::from_multiple(&text) {
             Ok(d) => d,
             Err(e) => {
                 errors.push(ConfigError {
@@ -102,7 +109,7 @@ pub fn load_documents(files: Vec<(PathBuf, String)>) -> Result<Config, ConfigErr
                 continue;
             }
         };
-        for (i, doc) in docs.into_iter().enumerate() {
+        for (i, doc) in values.into_iter().enumerate() {
             let mut docref = DocumentRef {
                 file: file.clone(),
                 index: i + 1,
@@ -112,7 +119,7 @@ pub fn load_documents(files: Vec<(PathBuf, String)>) -> Result<Config, ConfigErr
                 continue;
             };
             let key = docref.object.clone().unwrap_or_default();
-            if let Some(first) = seen.get(&key) {
+            if let Some(first) = docs.seen.get(&key) {
                 errors.push(ConfigError {
                     document: docref,
                     field: "metadata.name".into(),
@@ -120,27 +127,35 @@ pub fn load_documents(files: Vec<(PathBuf, String)>) -> Result<Config, ConfigErr
                 });
                 continue;
             }
-            seen.insert(key.clone(), docref.clone());
+            docs.seen.insert(key.clone(), docref);
             match loaded {
                 Loaded::Broken => {
-                    broken.insert(key);
+                    docs.broken.insert(key);
                 }
                 Loaded::Service(s) => config.services.push(s),
-                Loaded::HttpRoute(r) => {
-                    route_docs.push(docref);
-                    config.http_routes.push(r);
-                }
+                Loaded::Gateway(g) => config.gateways.push(g),
+                Loaded::HttpRoute(r) => config.http_routes.push(r),
+                Loaded::GrpcRoute(r) => config.grpc_routes.push(r),
+                Loaded::TrafficSplit(t) => config.traffic_splits.push(t),
+                Loaded::HttpRouteGroup(g) => config.http_route_groups.push(g),
             }
         }
     }
 
-    config
-        .services
-        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    check_route_references(&config, &route_docs, &broken, &mut errors);
-    let mut routes: Vec<_> = config.http_routes.drain(..).collect();
-    routes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    config.http_routes = routes;
+    macro_rules! sort {
+        ($($list:ident),*) => {$(
+            config.$list.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        )*};
+    }
+    sort!(
+        services,
+        gateways,
+        http_routes,
+        grpc_routes,
+        traffic_splits,
+        http_route_groups
+    );
+    crate::references::check(&config, &docs, &mut errors);
 
     if errors.is_empty() {
         Ok(config)
@@ -149,13 +164,47 @@ pub fn load_documents(files: Vec<(PathBuf, String)>) -> Result<Config, ConfigErr
     }
 }
 
+/// Where each loaded document came from, by `Kind/namespace/name`.
+#[derive(Default)]
+pub(crate) struct Documents {
+    pub seen: BTreeMap<String, DocumentRef>,
+    /// Identified, but invalid: references to these add no second error.
+    pub broken: BTreeSet<String>,
+}
+
+impl Documents {
+    /// The document of `kind` `namespace/name`.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<&DocumentRef> {
+        self.seen.get(&format!("{kind}/{namespace}/{name}"))
+    }
+
+    /// Whether `kind` `namespace/name` exists but is invalid.
+    pub fn is_broken(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        self.broken.contains(&format!("{kind}/{namespace}/{name}"))
+    }
+}
+
 enum Loaded {
     /// Identified, but its spec could not be read: remembered so references
     /// to it do not add a second, misleading error.
     Broken,
     Service(crate::Service),
+    Gateway(crate::Gateway),
     HttpRoute(crate::HttpRoute),
+    GrpcRoute(crate::GrpcRoute),
+    TrafficSplit(crate::TrafficSplit),
+    HttpRouteGroup(crate::HttpRouteGroup),
 }
+
+/// Every supported kind and the apiVersion it must have.
+const KINDS: &[(&str, &str)] = &[
+    ("Service", WEFT_API_VERSION),
+    ("Gateway", GATEWAY_API_VERSION),
+    ("HTTPRoute", GATEWAY_API_VERSION),
+    ("GRPCRoute", GATEWAY_API_VERSION),
+    ("TrafficSplit", SMI_SPLIT_API_VERSION),
+    ("HTTPRouteGroup", SMI_SPECS_API_VERSION),
+];
 
 /// Checks the envelope (`apiVersion`, `kind`, `metadata`) and the spec of one
 /// document; fills in `docref.object` once the identity is known.
@@ -194,6 +243,28 @@ fn load_document(
         );
         return None;
     };
+    let Some(&(_, want_api)) = KINDS.iter().find(|(k, _)| *k == kind) else {
+        let supported: Vec<String> = KINDS.iter().map(|(k, a)| format!("{k} ({a})")).collect();
+        p(
+            errors,
+            "kind",
+            format!(
+                "unsupported kind {kind:?} (apiVersion {api:?}); supported: {}",
+                supported.join(", ")
+            ),
+            docref,
+        );
+        return None;
+    };
+    if api != want_api {
+        p(
+            errors,
+            "apiVersion",
+            format!("{api:?} is not supported for {kind}; use {want_api:?}"),
+            docref,
+        );
+        return None;
+    }
     let meta: Metadata = match obj.remove("metadata").map(serde_json::from_value) {
         Some(Ok(m)) => m,
         Some(Err(e)) => {
@@ -237,52 +308,26 @@ fn load_document(
         }
     }
     let spec = obj.remove("spec").unwrap_or(Value::Null);
-    let loaded = match (api.as_str(), kind.as_str()) {
-        (WEFT_API_VERSION, "Service") => {
-            let Some(spec) = parse_spec::<ServiceSpec>(spec, docref, errors) else {
+    macro_rules! load {
+        ($spec:ty, $variant:ident) => {{
+            let Some(spec) = parse_spec::<$spec>(spec, docref, errors) else {
                 return Some(Loaded::Broken);
             };
             let mut p = Problems {
                 doc: docref,
                 out: errors,
             };
-            Loaded::Service(spec.validate(name, namespace, &mut p))
-        }
-        (GATEWAY_API_VERSION, "HTTPRoute") => {
-            let Some(spec) = parse_spec::<HttpRouteSpec>(spec, docref, errors) else {
-                return Some(Loaded::Broken);
-            };
-            let mut p = Problems {
-                doc: docref,
-                out: errors,
-            };
-            Loaded::HttpRoute(spec.validate(name, namespace, &mut p))
-        }
-        (_, "Service") | (_, "HTTPRoute") => {
-            let want = if kind == "Service" {
-                WEFT_API_VERSION
-            } else {
-                GATEWAY_API_VERSION
-            };
-            p(
-                errors,
-                "apiVersion",
-                format!("{api:?} is not supported for {kind}; use {want:?}"),
-                docref,
-            );
-            return None;
-        }
-        _ => {
-            p(
-                errors,
-                "kind",
-                format!(
-                    "unsupported kind {kind:?} (apiVersion {api:?}); supported: Service ({WEFT_API_VERSION}), HTTPRoute ({GATEWAY_API_VERSION})"
-                ),
-                docref,
-            );
-            return None;
-        }
+            Loaded::$variant(spec.validate(name, namespace, &mut p))
+        }};
+    }
+    let loaded = match kind.as_str() {
+        "Service" => load!(ServiceSpec, Service),
+        "Gateway" => load!(GatewaySpec, Gateway),
+        "HTTPRoute" => load!(HttpRouteSpec, HttpRoute),
+        "GRPCRoute" => load!(GrpcRouteSpec, GrpcRoute),
+        "TrafficSplit" => load!(TrafficSplitSpec, TrafficSplit),
+        "HTTPRouteGroup" => load!(HttpRouteGroupSpec, HttpRouteGroup),
+        _ => unreachable!("every kind of KINDS is loaded"),
     };
     // An invalid document still takes part in reference checks, so one
     // mistake yields one error; the config as a whole is rejected anyway.
@@ -321,74 +366,8 @@ fn parse_spec<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Every route's parents and backends must name Services (and ports) that exist.
-fn check_route_references(
-    config: &Config,
-    docs: &[DocumentRef],
-    broken: &std::collections::BTreeSet<String>,
-    errors: &mut Vec<ConfigError>,
-) {
-    let is_broken = |ns: &str, name: &str| broken.contains(&format!("Service/{ns}/{name}"));
-    for (route, doc) in config.http_routes.iter().zip(docs) {
-        let mut p = Problems { doc, out: errors };
-        for (i, parent) in route.parent_refs.iter().enumerate() {
-            let field = format!("spec.parentRefs[{i}]");
-            match config.service(&parent.namespace, &parent.name) {
-                None if is_broken(&parent.namespace, &parent.name) => {}
-                None => p.add(
-                    format!("{field}.name"),
-                    format!(
-                        "Service {}/{} does not exist",
-                        parent.namespace, parent.name
-                    ),
-                ),
-                Some(s) => {
-                    if let Some(port) = parent.port {
-                        match s.port(port) {
-                            None => p.add(format!("{field}.port"), format!("Service {} has no port {port}", s.name)),
-                            Some(sp) if !sp.protocol.is_http() => p.add(
-                                format!("{field}.port"),
-                                format!("port {port} of Service {} is tcp; HTTPRoutes need an HTTP port", s.name),
-                            ),
-                            Some(_) => {}
-                        }
-                    } else if s.first_http_port().is_none() {
-                        p.add(
-                            format!("{field}.name"),
-                            format!("Service {} has no HTTP port (http, http2 or grpc)", s.name),
-                        );
-                    }
-                }
-            }
-        }
-        for (i, rule) in route.rules.iter().enumerate() {
-            for (j, b) in rule.backend_refs.iter().enumerate() {
-                let field = format!("spec.rules[{i}].backendRefs[{j}]");
-                match config.service(&b.namespace, &b.name) {
-                    None if is_broken(&b.namespace, &b.name) => {}
-                    None => p.add(
-                        format!("{field}.name"),
-                        format!("Service {}/{} does not exist", b.namespace, b.name),
-                    ),
-                    Some(s) => match b.port {
-                        Some(port) if s.port(port).is_none() => p.add(
-                            format!("{field}.port"),
-                            format!("Service {} has no port {port}", s.name),
-                        ),
-                        None if s.first_http_port().is_none() => p.add(
-                            format!("{field}.name"),
-                            format!("Service {} has no HTTP port (http, http2 or grpc)", s.name),
-                        ),
-                        _ => {}
-                    },
-                }
-            }
-        }
-    }
-}
-
 /// RFC 1123 label, as Kubernetes requires of names and namespaces.
-fn dns_label(s: &str) -> Result<(), &'static str> {
+pub(crate) fn dns_label(s: &str) -> Result<(), &'static str> {
     if s.is_empty() || s.len() > 63 {
         return Err("must be 1..63 characters");
     }

@@ -1,6 +1,7 @@
 //! Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`) attached to a
-//! Service (GAMMA: `parentRefs: [{kind: Service, name}]`): matches on path,
-//! headers and method, weighted `backendRefs` and a request timeout.
+//! Service (GAMMA: `parentRefs: [{kind: Service, name}]`) or to a Gateway
+//! (`{kind: Gateway, name, sectionName?, port?}`, with `hostnames`): matches
+//! on path, headers and method, weighted `backendRefs` and a request timeout.
 
 use std::time::Duration;
 
@@ -9,22 +10,24 @@ use serde::{Deserialize, Serialize};
 use crate::duration::parse_duration;
 use crate::error::Problems;
 
+pub(crate) mod common;
+
+pub use common::{BackendRef, ParentKind, ParentRef, hostname_intersection};
+use common::{
+    BackendRefSpec, HeaderSpec, METHODS, ParentRefSpec, check_regex, validate_backends,
+    validate_headers, validate_parents,
+};
+
 /// A validated HTTPRoute.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpRoute {
     pub name: String,
     pub namespace: String,
     pub parent_refs: Vec<ParentRef>,
+    /// Gateway parents only: the `Host` names this route answers; empty
+    /// means every host the listener accepts.
+    pub hostnames: Vec<String>,
     pub rules: Vec<HttpRouteRule>,
-}
-
-/// The Service a route is attached to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ParentRef {
-    pub namespace: String,
-    pub name: String,
-    /// Only this port of the Service, when set.
-    pub port: Option<u16>,
 }
 
 /// One rule: requests matching any of `matches` go to `backend_refs`.
@@ -73,16 +76,6 @@ pub enum HeaderMatchType {
     RegularExpression,
 }
 
-/// A weighted destination Service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BackendRef {
-    pub namespace: String,
-    pub name: String,
-    pub port: Option<u16>,
-    /// Relative share; 0 sends no traffic.
-    pub weight: u32,
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HttpRouteTimeouts {
     /// Whole request-to-response deadline; `None` (or `0s` as written) means none.
@@ -100,22 +93,6 @@ pub(crate) struct HttpRouteSpec {
     hostnames: Vec<String>,
     #[serde(default)]
     rules: Vec<RuleSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ParentRefSpec {
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    section_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,59 +129,12 @@ struct PathSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeaderSpec {
-    #[serde(default, rename = "type")]
-    kind: Option<HeaderMatchType>,
-    name: String,
-    value: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct BackendRefSpec {
-    #[serde(default)]
-    group: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    weight: Option<i64>,
-}
-
-#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct TimeoutsSpec {
     #[serde(default)]
     request: Option<String>,
     #[serde(default)]
     backend_request: Option<String>,
-}
-
-const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-];
-
-fn check_core_group(group: &Option<String>, field: String, p: &mut Problems<'_>) {
-    if let Some(g) = group
-        && !g.is_empty()
-        && g != "core"
-    {
-        p.add(
-            field,
-            format!("group {g:?} is not supported; use \"\" (core) for a Service"),
-        );
-    }
-}
-
-fn check_regex(value: &str, field: String, p: &mut Problems<'_>) {
-    if let Err(e) = regex::Regex::new(value) {
-        p.add(field, format!("invalid regular expression: {e}"));
-    }
 }
 
 impl HttpRouteSpec {
@@ -216,46 +146,13 @@ impl HttpRouteSpec {
         namespace: String,
         p: &mut Problems<'_>,
     ) -> HttpRoute {
-        if self.parent_refs.is_empty() {
-            p.add(
-                "spec.parentRefs",
-                "an HTTPRoute needs at least one parentRef (kind: Service)",
-            );
-        }
-        if !self.hostnames.is_empty() {
-            // GAMMA: hostnames are meaningless for routes bound to a Service.
-            p.add(
-                "spec.hostnames",
-                "hostnames are not allowed on a route whose parent is a Service (GAMMA)",
-            );
-        }
-        let mut parent_refs = Vec::new();
-        for (i, pr) in self.parent_refs.into_iter().enumerate() {
-            let field = format!("spec.parentRefs[{i}]");
-            check_core_group(&pr.group, format!("{field}.group"), p);
-            match pr.kind.as_deref() {
-                Some("Service") => {}
-                None | Some("Gateway") => p.add(
-                    format!("{field}.kind"),
-                    "only kind: Service parents are supported (set kind: Service)",
-                ),
-                Some(k) => p.add(
-                    format!("{field}.kind"),
-                    format!("unsupported parent kind {k:?}"),
-                ),
-            }
-            if pr.section_name.is_some() {
-                p.add(
-                    format!("{field}.sectionName"),
-                    "use port to select a Service port",
-                );
-            }
-            parent_refs.push(ParentRef {
-                namespace: pr.namespace.unwrap_or_else(|| namespace.clone()),
-                name: pr.name,
-                port: pr.port,
-            });
-        }
+        let (parent_refs, hostnames) = validate_parents(
+            "an HTTPRoute",
+            self.parent_refs,
+            self.hostnames,
+            &namespace,
+            p,
+        );
         if self.rules.is_empty() {
             p.add("spec.rules", "an HTTPRoute needs at least one rule");
         }
@@ -269,6 +166,7 @@ impl HttpRouteSpec {
             name,
             namespace,
             parent_refs,
+            hostnames,
             rules,
         }
     }
@@ -283,57 +181,9 @@ impl RuleSpec {
             .map(|(j, m)| m.validate(&format!("{field}.matches[{j}]"), p))
             .collect();
         if matches.is_empty() {
-            matches.push(HttpRouteMatch {
-                path: PathMatch {
-                    kind: PathMatchType::PathPrefix,
-                    value: "/".into(),
-                },
-                headers: Vec::new(),
-                method: None,
-            });
+            matches.push(HttpRouteMatch::everything());
         }
-        if self.backend_refs.is_empty() {
-            p.add(
-                format!("{field}.backendRefs"),
-                "a rule needs at least one backendRef",
-            );
-        }
-        let mut backend_refs = Vec::new();
-        for (j, b) in self.backend_refs.into_iter().enumerate() {
-            let bf = format!("{field}.backendRefs[{j}]");
-            check_core_group(&b.group, format!("{bf}.group"), p);
-            if let Some(k) = b.kind.as_deref()
-                && k != "Service"
-            {
-                p.add(
-                    format!("{bf}.kind"),
-                    format!("unsupported backend kind {k:?} (use Service)"),
-                );
-            }
-            let weight = match b.weight {
-                None => 1,
-                Some(w) if (0..=1_000_000).contains(&w) => w as u32,
-                Some(w) => {
-                    p.add(
-                        format!("{bf}.weight"),
-                        format!("weight {w} must be 0..1000000"),
-                    );
-                    0
-                }
-            };
-            backend_refs.push(BackendRef {
-                namespace: b.namespace.unwrap_or_else(|| namespace.to_string()),
-                name: b.name,
-                port: b.port,
-                weight,
-            });
-        }
-        if !backend_refs.is_empty() && backend_refs.iter().all(|b| b.weight == 0) {
-            p.add(
-                format!("{field}.backendRefs"),
-                "all backend weights are 0: the rule could send nothing",
-            );
-        }
+        let backend_refs = validate_backends(self.backend_refs, field, namespace, p);
         let mut timeouts = HttpRouteTimeouts::default();
         if let Some(t) = self.timeouts {
             if let Some(r) = t.request {
@@ -362,10 +212,7 @@ impl RuleSpec {
 impl MatchSpec {
     fn validate(self, field: &str, p: &mut Problems<'_>) -> HttpRouteMatch {
         let path = match self.path {
-            None => PathMatch {
-                kind: PathMatchType::PathPrefix,
-                value: "/".into(),
-            },
+            None => PathMatch::root(),
             Some(ps) => {
                 let kind = ps.kind.unwrap_or(PathMatchType::PathPrefix);
                 let value = ps.value.unwrap_or_else(|| "/".into());
@@ -382,34 +229,10 @@ impl MatchSpec {
                 PathMatch { kind, value }
             }
         };
-        let mut headers = Vec::new();
-        for (k, h) in self.headers.into_iter().enumerate() {
-            let hf = format!("{field}.headers[{k}]");
-            if http_token(&h.name).is_none() {
-                p.add(
-                    format!("{hf}.name"),
-                    format!("{:?} is not a valid header name", h.name),
-                );
-            }
-            let kind = h.kind.unwrap_or(HeaderMatchType::Exact);
-            if kind == HeaderMatchType::RegularExpression {
-                check_regex(&h.value, format!("{hf}.value"), p);
-            }
-            headers.push(HeaderMatch {
-                kind,
-                name: h.name.to_ascii_lowercase(),
-                value: h.value,
-            });
-        }
-        let method = self.method.map(|m| {
-            if !METHODS.contains(&m.as_str()) {
-                p.add(
-                    format!("{field}.method"),
-                    format!("{m:?} is not one of {}", METHODS.join(", ")),
-                );
-            }
-            m
-        });
+        let headers = validate_headers(self.headers, field, p);
+        let method = self
+            .method
+            .map(|m| check_method(m, &format!("{field}.method"), p));
         HttpRouteMatch {
             path,
             headers,
@@ -418,11 +241,31 @@ impl MatchSpec {
     }
 }
 
-/// `Some(name)` when `name` is a valid HTTP header token.
-fn http_token(name: &str) -> Option<&str> {
-    let ok = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    ok.then_some(name)
+/// An HTTP method a match may name.
+pub(crate) fn check_method(m: String, field: &str, p: &mut Problems<'_>) -> String {
+    if !METHODS.contains(&m.as_str()) {
+        p.add(field, format!("{m:?} is not one of {}", METHODS.join(", ")));
+    }
+    m
+}
+
+impl HttpRouteMatch {
+    /// Every request: prefix `/`, no other condition.
+    pub fn everything() -> HttpRouteMatch {
+        HttpRouteMatch {
+            path: PathMatch::root(),
+            headers: Vec::new(),
+            method: None,
+        }
+    }
+}
+
+impl PathMatch {
+    /// Prefix `/`: every path.
+    pub fn root() -> PathMatch {
+        PathMatch {
+            kind: PathMatchType::PathPrefix,
+            value: "/".into(),
+        }
+    }
 }

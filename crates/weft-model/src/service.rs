@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::ObjectKey;
 use crate::error::Problems;
 
 /// The application protocol spoken on a service port.
@@ -72,6 +73,10 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     pub vip: Option<IpAddr>,
     pub endpoints: Vec<Endpoint>,
+    /// `spec.dependencies`: the Services this one calls. `None` (absent)
+    /// means every Service in its namespace; its sidecars receive config for
+    /// these (and their routes' backends) only.
+    pub dependencies: Option<Vec<ObjectKey>>,
 }
 
 impl Service {
@@ -96,6 +101,9 @@ pub(crate) struct ServiceSpec {
     vip: Option<String>,
     #[serde(default)]
     endpoints: Vec<EndpointSpec>,
+    /// `NAME` (same namespace) or `NAME.NAMESPACE`.
+    #[serde(default)]
+    dependencies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,12 +201,41 @@ impl ServiceSpec {
                 labels: ep.labels,
             });
         }
+        let dependencies = self
+            .dependencies
+            .map(|deps| dependencies(deps, &namespace, p));
         Service {
             name,
             namespace,
             ports: self.ports,
             vip,
             endpoints,
+            dependencies,
         }
     }
+}
+
+/// `spec.dependencies`: `NAME` (in `namespace`) or `NAME.NAMESPACE`, once each.
+fn dependencies(deps: Vec<String>, namespace: &str, p: &mut Problems<'_>) -> Vec<ObjectKey> {
+    let mut out: Vec<ObjectKey> = Vec::with_capacity(deps.len());
+    for (i, d) in deps.into_iter().enumerate() {
+        let key = match d.split_once('.') {
+            Some((n, ns)) => ObjectKey::new(ns, n),
+            None => ObjectKey::new(namespace, d.clone()),
+        };
+        if key.name.is_empty() || key.namespace.is_empty() || key.namespace.contains('.') {
+            p.add(
+                format!("spec.dependencies[{i}]"),
+                format!("{d:?} is not NAME or NAME.NAMESPACE"),
+            );
+        } else if out.contains(&key) {
+            p.add(
+                format!("spec.dependencies[{i}]"),
+                format!("duplicate dependency {key}"),
+            );
+        } else {
+            out.push(key);
+        }
+    }
+    out
 }

@@ -2,6 +2,11 @@ use super::*;
 use crate::{HeaderMatchType, PathMatchType, Protocol};
 use std::time::Duration;
 
+mod gateway;
+mod grpc;
+mod scope;
+mod smi;
+
 const GOOD: &str = r#"
 apiVersion: weft.dev/v1alpha1
 kind: Service
@@ -38,14 +43,14 @@ spec:
   - backendRefs: [{name: catalog, weight: 90}, {name: catalog-v2, weight: 10}]
 "#;
 
-fn errors(text: &str) -> Vec<String> {
+pub(super) fn errors(text: &str) -> Vec<String> {
     match load_str(text, "test.yaml") {
         Ok(c) => panic!("expected errors, got {c:?}"),
         Err(e) => e.iter().map(|e| e.to_string()).collect(),
     }
 }
 
-fn assert_error(text: &str, expected: &str) {
+pub(super) fn assert_error(text: &str, expected: &str) {
     let errs = errors(text);
     assert!(
         errs.iter().any(|e| e.contains(expected)),
@@ -185,14 +190,23 @@ fn duplicates_point_at_the_first_definition() {
 }
 
 #[test]
-fn routes_need_service_parents_and_valid_matches() {
+fn routes_need_existing_parents_and_valid_matches() {
+    // Without a kind, a parent is a Gateway (the Gateway API default).
     let text = GOOD.replace(
-        "kind: Service, name: catalog, port",
-        "kind: Gateway, name: catalog, port",
+        "{group: \"\", kind: Service, name: catalog, port: 8080}",
+        "{name: catalog, port: 8080}",
     );
     assert_error(
         &text,
-        "spec.parentRefs[0].kind: only kind: Service parents are supported",
+        "spec.parentRefs[0].name: Gateway default/catalog does not exist",
+    );
+    let text = GOOD.replace(
+        "kind: Service, name: catalog, port",
+        "kind: Pod, name: catalog, port",
+    );
+    assert_error(
+        &text,
+        "spec.parentRefs[0].kind: unsupported parent kind \"Pod\"",
     );
     let text = GOOD.replace(
         "{type: PathPrefix, value: /api}",
