@@ -18,13 +18,28 @@
 //! | Listener, RouteConfiguration | `vip\|IP:PORT` | sidecars: one per port of a Service with a `vip`, bound on that address (`vip\|[::1]:80` for IPv6); tcp ports have no route config |
 //! | Listener | each target a gRPC client may dial | gRPC: `NAME.NAMESPACE`, `NAME.NAMESPACE.svc`, `NAME.NAMESPACE.svc.cluster.local`, each also with `:PORT`; bare `NAME` / `NAME:PORT` for Services in the node's namespace |
 //! | RouteConfiguration | `NAME.NAMESPACE:PORT` | gRPC: the routes of one Service HTTP port, domain `*`; every listener of that port (and the port-less ones for the first HTTP port) points at it |
+//! | Listener, RouteConfiguration | `gateway\|NAME.NAMESPACE\|LISTENER` | gateways: one per Gateway listener, bound on every Gateway address at the listener's port, RDS of the same name; one virtual host per hostname (`*` for any), named and matched by it, the `Host` port ignored |
 //!
 //! # Who is who
 //!
 //! `node.cluster` is `NAME` or `NAME.NAMESPACE` (namespace `default` when
-//! absent): the Service the node runs beside, whose namespace is where bare
-//! names resolve. A cluster naming no Service is a client-only workload: it
-//! gets everything outbound and no inbound listener.
+//! absent). It names a Gateway (the node runs that gateway: Envoy or weft;
+//! a gRPC client is never a gateway), or the Service the node runs beside,
+//! whose namespace is where bare names resolve; a cluster naming neither is
+//! a client-only workload in that namespace: no inbound listener.
+//!
+//! # Scope: which Services a node gets
+//!
+//! [`services_in_scope`], the one place that decides it, so that config
+//! size per node follows what the node uses, not the size of the mesh:
+//!
+//! - beside Service S: S, the Services in S's `spec.dependencies` if given,
+//!   else every Service in S's namespace;
+//! - a client-only workload: every Service in its namespace (it declares
+//!   nothing; name it after a Service to narrow it);
+//! - a gateway: the backends of the routes attached to it;
+//! - plus, for sidecars and clients, the backends the routes of those
+//!   Services send to, so a split target is always present.
 //!
 //! # Assumptions
 //!
@@ -50,6 +65,7 @@
 //! over to the next generation.
 
 mod cluster;
+mod gateway;
 mod grpc;
 mod memo;
 mod names;
@@ -68,8 +84,8 @@ use crate::node::{DataPlane, NodeInfo};
 use crate::resource::{Resource, ResourceSet};
 
 pub use names::{
-    INBOUND_LISTENER, OUTBOUND_LISTENER, OUTBOUND_ROUTE_CONFIG, cluster_name, inbound_cluster_name,
-    vip_listener_name,
+    INBOUND_LISTENER, OUTBOUND_LISTENER, OUTBOUND_ROUTE_CONFIG, cluster_name,
+    gateway_listener_name, inbound_cluster_name, vip_listener_name,
 };
 
 use memo::Memo;
@@ -103,11 +119,60 @@ pub fn resources_for(config: &Config, node: &NodeInfo, opts: &TranslateOptions) 
     Translator::new(Arc::new(config.clone()), opts.clone()).resources_for(node)
 }
 
-/// The Services (indices into `config.services`) whose configuration `node`
-/// receives. Every Service for now; the one place where per-node scoping
-/// (`spec.dependencies`, namespace defaults) goes.
-pub fn services_in_scope(config: &Config, _node: &NodeInfo) -> Vec<usize> {
-    (0..config.services.len()).collect()
+/// The Services (indices into `config.services`, sorted) whose
+/// configuration `node` receives; see the module doc.
+pub fn services_in_scope(config: &Config, node: &NodeInfo) -> Vec<usize> {
+    let index = |(ns, name): (String, String)| service_index(config, &ns, &name);
+    let mut scope: Vec<usize> = match workload(config, node) {
+        Workload::Gateway { gateway } => {
+            let mut scope: Vec<usize> = config
+                .gateway_backends(&config.gateways[gateway])
+                .into_iter()
+                .filter_map(index)
+                .collect();
+            scope.sort_unstable();
+            return scope;
+        }
+        Workload::Sidecar {
+            service: Some(own), ..
+        } => {
+            let svc = &config.services[own];
+            let mut scope = vec![own];
+            match &svc.dependencies {
+                Some(deps) => scope.extend(
+                    deps.iter()
+                        .filter_map(|d| service_index(config, &d.namespace, &d.name)),
+                ),
+                None => scope.extend(namespace_services(config, &svc.namespace)),
+            }
+            scope
+        }
+        Workload::Sidecar {
+            namespace,
+            service: None,
+        } => namespace_services(config, namespace).collect(),
+    };
+    let backends: Vec<usize> = scope
+        .iter()
+        .flat_map(|&i| config.route_backends(&config.services[i]))
+        .filter_map(index)
+        .collect();
+    scope.extend(backends);
+    scope.sort_unstable();
+    scope.dedup();
+    scope
+}
+
+/// The indices of every Service in `namespace` (`config.services` is sorted
+/// by namespace first).
+fn namespace_services(config: &Config, namespace: &str) -> std::ops::Range<usize> {
+    let start = config
+        .services
+        .partition_point(|s| s.namespace.as_str() < namespace);
+    let end = config
+        .services
+        .partition_point(|s| s.namespace.as_str() <= namespace);
+    start..end
 }
 
 /// The namespace where `node`'s bare names resolve: from `NAME.NAMESPACE` in
@@ -119,8 +184,7 @@ pub fn node_namespace(node: &NodeInfo) -> &str {
     }
 }
 
-/// What a node is, as chosen by `node.cluster`. Gateways (a `Gateway` named
-/// like the node's cluster) become a second variant when the model has them.
+/// What a node is, as chosen by `node.cluster`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Workload<'a> {
     /// A sidecar in `namespace`, beside `service` (an index into
@@ -129,11 +193,20 @@ enum Workload<'a> {
         namespace: &'a str,
         service: Option<usize>,
     },
+    /// The data plane of `config.gateways[gateway]` (never a gRPC client).
+    Gateway { gateway: usize },
 }
 
 fn workload<'a>(config: &Config, node: &'a NodeInfo) -> Workload<'a> {
     let namespace = node_namespace(node);
     let name = node.cluster.split('.').next().unwrap_or_default();
+    if node.kind != DataPlane::Grpc
+        && let Ok(gateway) = config
+            .gateways
+            .binary_search_by(|g| (g.namespace.as_str(), g.name.as_str()).cmp(&(namespace, name)))
+    {
+        return Workload::Gateway { gateway };
+    }
     Workload::Sidecar {
         namespace,
         service: service_index(config, namespace, name),
@@ -169,6 +242,7 @@ pub struct Translator {
     route_configs: Memo<(Flavor, String, Vec<usize>), Arc<Resource>>,
     grpc_route_configs: Memo<PortRef, Arc<Resource>>,
     grpc_listeners: Memo<(usize, bool), Arc<[Arc<Resource>]>>,
+    gateways: Memo<usize, Arc<gateway::GatewayPieces>>,
     vips: Memo<usize, Arc<[Arc<Resource>]>>,
     inbound: Memo<usize, Arc<[Arc<Resource>]>>,
     outbound_listener: Memo<(), Arc<Resource>>,
@@ -185,6 +259,7 @@ impl Translator {
             route_configs: Memo::default(),
             grpc_route_configs: Memo::default(),
             grpc_listeners: Memo::default(),
+            gateways: Memo::default(),
             vips: Memo::default(),
             inbound: Memo::default(),
             outbound_listener: Memo::default(),
@@ -228,13 +303,16 @@ impl Translator {
     /// Everything `node` should receive. Nodes with the same kind and
     /// `cluster` receive the same set.
     pub fn resources_for(&self, node: &NodeInfo) -> ResourceSet {
-        let scope = services_in_scope(&self.config, node);
-        match (node.kind, workload(&self.config, node)) {
-            (DataPlane::Grpc, Workload::Sidecar { namespace, .. }) => {
-                self.grpc_resources(namespace, &scope)
-            }
-            (DataPlane::Envoy | DataPlane::Weft, Workload::Sidecar { namespace, service }) => {
-                self.sidecar_resources(namespace, service, &scope)
+        match workload(&self.config, node) {
+            Workload::Gateway { gateway } => self.gateway_resources(gateway),
+            Workload::Sidecar { namespace, service } => {
+                let scope = services_in_scope(&self.config, node);
+                match node.kind {
+                    DataPlane::Grpc => self.grpc_resources(namespace, &scope),
+                    DataPlane::Envoy | DataPlane::Weft => {
+                        self.sidecar_resources(namespace, service, &scope)
+                    }
+                }
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use weft_model::Service;
+use weft_model::{Gateway, GatewayListener, Service};
 
 /// Sidecars' outbound HTTP listener.
 pub const OUTBOUND_LISTENER: &str = "outbound";
@@ -27,6 +27,12 @@ pub fn inbound_cluster_name(svc: &Service) -> String {
 /// ports, route configuration) of a Service port's virtual address.
 pub fn vip_listener_name(addr: SocketAddr) -> String {
     format!("vip|{addr}")
+}
+
+/// `gateway|NAME.NAMESPACE|LISTENER`: the Listener and route configuration
+/// of one listener of a Gateway.
+pub fn gateway_listener_name(gw: &Gateway, l: &GatewayListener) -> String {
+    format!("gateway|{}.{}|{}", gw.name, gw.namespace, l.name)
 }
 
 /// The host names (lower case, without port) under which a Service is

@@ -1,10 +1,8 @@
-//! HTTPRoutes -> Envoy routes for one Service HTTP port, in the order and
-//! with the meaning the weft proxy gives them (`weft-proxy`'s `route.rs`):
-//! Gateway API precedence, whole-segment prefixes, anchored regexes, weighted
-//! splits, and a default route to the Service itself when no route is
-//! attached.
-
-use std::cmp::Reverse;
+//! The internal route form ([`weft_model::RouteTable`]: HTTPRoutes,
+//! GRPCRoutes and TrafficSplits, already in precedence order) -> Envoy
+//! routes, with the meaning the weft proxy gives them: whole-segment
+//! prefixes, anchored regexes, weighted splits, and a default route to the
+//! Service itself when nothing is attached.
 
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteMatch, WeightedCluster, header_matcher, route,
@@ -12,91 +10,55 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use weft_model::{
-    Config, HeaderMatchType, HttpRoute, HttpRouteMatch, HttpRouteRule, PathMatchType, Service,
+    Config, HeaderMatchType, HttpRouteMatch, PathMatchType, RouteEntry, Service, trimmed_prefix,
 };
 
 use super::names::cluster_name;
 use super::proto::{duration, uint32};
 use super::{Flavor, PortRef, service_index};
 
-/// The routes of one Service HTTP port, most specific first, and the Service
-/// ports (clusters) they send to.
+/// Envoy routes in the order they are tried, and the Service ports
+/// (clusters) they send to.
 #[derive(Debug)]
 pub(super) struct PortRoutes {
     pub routes: Vec<Route>,
     pub clusters: Vec<PortRef>,
 }
 
-/// Gateway API precedence as the weft proxy orders rules: exact path, then
-/// longer prefix (trailing `/` ignored), then regex (longer first), then a
-/// method match, then more header matches. Lower sorts first; ties keep the
-/// order of (route namespace, route name, rule index, match index).
-fn precedence(m: &HttpRouteMatch) -> (u8, Reverse<usize>, bool, Reverse<usize>) {
-    let (kind, len) = match m.path.kind {
-        PathMatchType::Exact => (0, m.path.value.len()),
-        PathMatchType::PathPrefix => (1, trimmed_prefix(&m.path.value).len()),
-        PathMatchType::RegularExpression => (2, m.path.value.len()),
-    };
-    (
-        kind,
-        Reverse(len),
-        m.method.is_none(),
-        Reverse(m.headers.len()),
-    )
-}
-
-/// A prefix without its trailing slashes; `/` for the root.
-fn trimmed_prefix(value: &str) -> &str {
-    let v = value.trim_end_matches('/');
-    if v.is_empty() { "/" } else { v }
-}
-
+/// The routes of one Service HTTP port.
 pub(super) fn port_routes(config: &Config, (index, port): PortRef, flavor: Flavor) -> PortRoutes {
     let svc = &config.services[index];
-    let mut clusters = Vec::new();
-    let mut ordered = Vec::new();
-    let mut attached_rules = 0;
-    for route in config.routes_for_service(svc) {
-        if !attached(route, svc, port) {
-            continue;
-        }
-        for (i, rule) in route.rules.iter().enumerate() {
-            attached_rules += 1;
-            // Validation guarantees every rule at least one existing backend
-            // with a non-zero weight; a rule without one is left out.
-            let Some(action) = route_action(config, rule, flavor, &mut clusters) else {
-                continue;
-            };
-            for m in &rule.matches {
-                let Some(route_match) = route_match(m, flavor) else {
-                    continue;
-                };
-                let order = (precedence(m), &route.namespace, &route.name, i);
-                let route = Route {
-                    name: format!("{}/{i}", route.name),
-                    r#match: Some(route_match),
-                    action: Some(route::Action::Route(action.clone())),
-                    ..Default::default()
-                };
-                ordered.push((order, route));
-            }
-        }
+    let table = config.service_routes(svc, port);
+    if table.is_empty() {
+        return PortRoutes {
+            routes: vec![default_route(svc, port, flavor)],
+            clusters: vec![(index, port)],
+        };
     }
-    // Stable: the matches of one rule keep their written order.
-    ordered.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut routes: Vec<Route> = ordered.into_iter().map(|(_, r)| r).collect();
-    if attached_rules == 0 {
-        clusters.push((index, port));
-        routes.push(default_route(svc, port, flavor));
-    }
-    PortRoutes { routes, clusters }
+    table_routes(config, &table, flavor)
 }
 
-/// Whether `route` binds to port `port` of `svc`.
-fn attached(route: &HttpRoute, svc: &Service, port: u16) -> bool {
-    route.parent_refs.iter().any(|p| {
-        p.namespace == svc.namespace && p.name == svc.name && p.port.is_none_or(|pp| pp == port)
-    })
+/// Envoy routes for entries of the internal form, in their order.
+pub(super) fn table_routes(config: &Config, table: &[RouteEntry], flavor: Flavor) -> PortRoutes {
+    let mut clusters = Vec::new();
+    let mut routes = Vec::with_capacity(table.len());
+    for entry in table {
+        // Validation guarantees every entry at least one existing backend
+        // with a non-zero weight; an entry without one is left out.
+        let Some(action) = route_action(config, entry, flavor, &mut clusters) else {
+            continue;
+        };
+        let Some(route_match) = route_match(&entry.condition, flavor) else {
+            continue;
+        };
+        routes.push(Route {
+            name: entry.name.clone(),
+            r#match: Some(route_match),
+            action: Some(route::Action::Route(action)),
+            ..Default::default()
+        });
+    }
+    PortRoutes { routes, clusters }
 }
 
 /// Everything on the port to the Service itself.
@@ -121,16 +83,17 @@ fn default_route(svc: &Service, port: u16, flavor: Flavor) -> Route {
     }
 }
 
-/// Where a rule's traffic goes: one cluster, or a weighted split without the
-/// weight-0 backends (a backend listed twice gets the sum of its weights).
+/// Where an entry's traffic goes: one cluster, or a weighted split without
+/// the weight-0 backends (a backend listed twice gets the sum of its
+/// weights).
 fn route_action(
     config: &Config,
-    rule: &HttpRouteRule,
+    entry: &RouteEntry,
     flavor: Flavor,
     clusters: &mut Vec<PortRef>,
 ) -> Option<RouteAction> {
     let mut split: Vec<(String, u32)> = Vec::new();
-    for b in rule.backend_refs.iter().filter(|b| b.weight > 0) {
+    for b in entry.backend_refs.iter().filter(|b| b.weight > 0) {
         let Some(index) = service_index(config, &b.namespace, &b.name) else {
             continue;
         };
@@ -164,7 +127,7 @@ fn route_action(
         cluster_specifier: Some(cluster_specifier),
         ..Default::default()
     };
-    Some(with_timeout(action, rule.timeouts.request, flavor))
+    Some(with_timeout(action, entry.timeout, flavor))
 }
 
 /// The request timeout: Envoy's route `timeout` (`0s` when none, since

@@ -199,7 +199,7 @@ impl Translator {
     }
 }
 
-fn listener(
+pub(super) fn listener(
     name: String,
     addr: SocketAddr,
     direction: TrafficDirection,

@@ -13,13 +13,12 @@ fn grpc_clients_get_a_listener_per_target() {
         "catalog.default",
         "catalog.default:8081",
         "catalog.default.svc.cluster.local:8080",
-        "users.data",
-        "users.data:7000",
     ] {
         assert!(listeners.contains(&target), "{target}: {listeners:?}");
     }
-    // No bare names from other namespaces, no tcp ports, no VIPs.
-    assert!(!listeners.contains(&"users"));
+    // Only its namespace (a client declares no dependencies), no tcp
+    // ports, no VIPs.
+    assert!(!listeners.iter().any(|l| l.starts_with("users")));
     assert!(
         !listeners
             .iter()
@@ -38,7 +37,6 @@ fn grpc_clients_get_a_listener_per_target() {
             "catalog.default:8080",
             "catalog.default:8081",
             "frontend.default:3000",
-            "users.data:7000"
         ]
     );
     // Clusters of HTTP ports (and route backends) only; all EDS.
@@ -53,7 +51,13 @@ fn grpc_clients_get_a_listener_per_target() {
     let set = grpc_set("client.data");
     let listeners = names(&set, TypeUrl::Listener);
     assert!(listeners.contains(&"users") && listeners.contains(&"users:7000"));
-    assert!(!listeners.contains(&"catalog"));
+    assert!(!listeners.iter().any(|l| l.starts_with("catalog")));
+    // A client beside `frontend` gets its dependencies, in any namespace.
+    let set = grpc_set("frontend");
+    let listeners = names(&set, TypeUrl::Listener);
+    for target in ["users.data", "users.data:7000", "catalog", "frontend"] {
+        assert!(listeners.contains(&target), "{target}: {listeners:?}");
+    }
 }
 
 #[test]
@@ -99,7 +103,7 @@ spec:
     let config = weft_model::load_str(&yaml, "mesh.yaml").unwrap();
     let set = resources_for(
         &config,
-        &node(DataPlane::Grpc, "client"),
+        &node(DataPlane::Grpc, "client.data"),
         &TranslateOptions::default(),
     );
     let rc: RouteConfiguration = decode(&set, TypeUrl::RouteConfiguration, "users.data:7000");

@@ -25,7 +25,10 @@ use weft_model::Config;
 use super::*;
 use crate::resource::TypeUrl;
 
+mod gateway;
 mod grpc;
+mod routes;
+mod scope;
 mod sidecar;
 
 const MESH: &str = r#"
@@ -53,6 +56,7 @@ kind: Service
 metadata: {name: frontend}
 spec:
   ports: [{port: 3000, protocol: http2}]
+  dependencies: [catalog, users.data]
 ---
 apiVersion: weft.dev/v1alpha1
 kind: Service
@@ -66,6 +70,7 @@ kind: Service
 metadata: {name: users, namespace: data}
 spec:
   ports: [{port: 7000, protocol: grpc}]
+  dependencies: [db, catalog.default]
   endpoints: [{address: "10.0.3.1:7000"}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -273,20 +278,24 @@ fn an_endpoint_change_changes_only_its_assignment() {
 #[test]
 fn groups_share_encoded_pieces() {
     let t = Translator::new(mesh(), TranslateOptions::default());
-    let a = t.resources_for(&node(DataPlane::Envoy, "frontend"));
-    let b = t.resources_for(&node(DataPlane::Weft, "catalog"));
-    let g = t.resources_for(&node(DataPlane::Grpc, "client"));
+    let a = t.resources_for(&node(DataPlane::Envoy, "catalog"));
+    let b = t.resources_for(&node(DataPlane::Weft, "catalog-v2"));
+    let f = t.resources_for(&node(DataPlane::Envoy, "frontend"));
+    let g = t.resources_for(&node(DataPlane::Grpc, "frontend"));
     let same = |t: TypeUrl, x: &ResourceSet, y: &ResourceSet, name: &str| {
         Arc::ptr_eq(x.get(t, name).unwrap(), y.get(t, name).unwrap())
     };
     // Same namespace and scope: one outbound route configuration.
     assert!(same(TypeUrl::RouteConfiguration, &a, &b, "outbound"));
-    assert!(same(TypeUrl::Listener, &a, &b, "outbound"));
-    for name in ["catalog.default:8080", "users.data:7000"] {
+    assert!(same(TypeUrl::Listener, &a, &f, "outbound"));
+    // frontend's dependencies give it another scope, so another one.
+    assert!(!same(TypeUrl::RouteConfiguration, &a, &f, "outbound"));
+    for name in ["catalog.default:8080", "catalog-v2.default:8080"] {
         assert!(same(TypeUrl::Cluster, &a, &b, name));
         assert!(same(TypeUrl::Cluster, &a, &g, name));
         assert!(same(TypeUrl::ClusterLoadAssignment, &a, &g, name));
     }
+    assert!(same(TypeUrl::Cluster, &f, &g, "users.data:7000"));
 }
 
 #[test]

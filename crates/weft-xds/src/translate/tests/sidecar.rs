@@ -19,14 +19,13 @@ fn sidecar_gets_the_named_resources() {
         names(&set, TypeUrl::RouteConfiguration),
         ["outbound", "vip|127.0.10.1:8080", "vip|127.0.10.1:8081"]
     );
+    // Without dependencies: every Service of its namespace, not `data`'s.
     let ports = [
         "catalog-v2.default:8080",
         "catalog.default:8080",
         "catalog.default:8081",
         "catalog.default:9000",
-        "db.data:5432",
         "frontend.default:3000",
-        "users.data:7000",
     ];
     let mut clusters = ports.to_vec();
     clusters.push("inbound|catalog.default");
