@@ -3,15 +3,21 @@
 
 Messages are raw bytes: no protobuf, no serializers.
 
-  grpc_check.py server --port P
+  grpc_check.py server --port P [--name NAME]
       Serves on 127.0.0.1:P (P=0 picks a port and prints "PORT n" first), then prints READY.
       /weft.test.Echo/Unary   echoes the request; trailer x-echo-trailer: unary-<len>
       /weft.test.Echo/Stream  request is ASCII N; replies msg-0..msg-(N-1); trailer stream-<N>
       /weft.test.Echo/Fail    RESOURCE_EXHAUSTED "quota gone"; trailer x-echo-trailer: fail
+      With --name, every reply also carries the trailer x-server-name: NAME.
       Exits 0 on SIGTERM or SIGINT.
 
   grpc_check.py client --target HOST:PORT [--authority NAME] [--count K]
       Runs the checks, prints one JSON line, exits 0 only if everything matched.
+
+  grpc_check.py who --target HOST:PORT [--method Unary|Stream] [--count K]
+      Makes K calls of one method and prints one JSON line counting the x-server-name
+      trailers (servers started with --name): {"counts": {NAME: n}, "errors": [...]}.
+      Exits 0 only if every call succeeded.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ UNARY = f"/{SERVICE}/Unary"
 STREAM = f"/{SERVICE}/Stream"
 FAIL = f"/{SERVICE}/Fail"
 TRAILER = "x-echo-trailer"
+NAME_TRAILER = "x-server-name"
 FAIL_DETAILS = "quota gone"
 STREAM_N = 50
 MAX_PAYLOAD = 64 * 1024
@@ -40,33 +47,35 @@ MAX_PAYLOAD = 64 * 1024
 # --------------------------------------------------------------------------- server
 
 
-def _unary(request: bytes, context: grpc.ServicerContext) -> bytes:
-    context.set_trailing_metadata(((TRAILER, f"unary-{len(request)}"),))
+def _unary(request: bytes, context: grpc.ServicerContext, name: tuple = ()) -> bytes:
+    context.set_trailing_metadata(((TRAILER, f"unary-{len(request)}"),) + name)
     return request
 
 
-def _stream(request: bytes, context: grpc.ServicerContext):
+def _stream(request: bytes, context: grpc.ServicerContext, name: tuple = ()):
     try:
         n = int(request.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "request must be an ASCII integer")
-    context.set_trailing_metadata(((TRAILER, f"stream-{n}"),))
+    context.set_trailing_metadata(((TRAILER, f"stream-{n}"),) + name)
     for i in range(n):
         yield f"msg-{i}".encode("ascii")
 
 
-def _fail(request: bytes, context: grpc.ServicerContext) -> bytes:
-    context.set_trailing_metadata(((TRAILER, "fail"),))
+def _fail(request: bytes, context: grpc.ServicerContext, name: tuple = ()) -> bytes:
+    context.set_trailing_metadata(((TRAILER, "fail"),) + name)
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, FAIL_DETAILS)
 
 
-def serve(port: int, host: str) -> int:
+def serve(port: int, host: str, name: str | None = None) -> int:
+    # With a name, every reply says which server sent it.
+    extra = ((NAME_TRAILER, name),) if name else ()
     handler = grpc.method_handlers_generic_handler(
         SERVICE,
         {
-            "Unary": grpc.unary_unary_rpc_method_handler(_unary),
-            "Stream": grpc.unary_stream_rpc_method_handler(_stream),
-            "Fail": grpc.unary_unary_rpc_method_handler(_fail),
+            "Unary": grpc.unary_unary_rpc_method_handler(lambda r, c: _unary(r, c, extra)),
+            "Stream": grpc.unary_stream_rpc_method_handler(lambda r, c: _stream(r, c, extra)),
+            "Fail": grpc.unary_unary_rpc_method_handler(lambda r, c: _fail(r, c, extra)),
         },
     )
     server = grpc.server(
@@ -216,6 +225,36 @@ def _check_fail(channel, timeout, result, errors):
         errors.append(f"fail: trailer {TRAILER}={trailer!r}, want 'fail'")
 
 
+def run_who(target: str, method: str, count: int, timeout: float) -> int:
+    """Counts which named server answered each of `count` calls of `method`."""
+    counts: dict[str, int] = {}
+    errors: list[str] = []
+    with grpc.insecure_channel(target) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            errors.append(f"channel to {target} not ready after {timeout}s")
+        for i in range(count if not errors else 0):
+            try:
+                if method == "Stream":
+                    responses = channel.unary_stream(STREAM)(b"3", timeout=timeout)
+                    for _ in responses:
+                        pass
+                    trailers = responses.trailing_metadata()
+                else:
+                    _, info = channel.unary_unary(UNARY).with_call(b"who", timeout=timeout)
+                    trailers = info.trailing_metadata()
+            except grpc.RpcError as e:
+                errors.append(f"call #{i}: {e.code().name}: {e.details()}")
+                if len(errors) >= 5:
+                    break
+                continue
+            name = next((v for k, v in trailers or () if k == NAME_TRAILER), "?")
+            counts[name] = counts.get(name, 0) + 1
+    print(json.dumps({"target": target, "method": method, "counts": counts, "errors": errors}), flush=True)
+    return 0 if not errors else 1
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -225,15 +264,23 @@ def main(argv: list[str]) -> int:
     s = sub.add_parser("server", help="run the echo server")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--name", help="sent back in the x-server-name trailer of every reply")
     c = sub.add_parser("client", help="run the checks against a server or a proxy in front of one")
     c.add_argument("--target", required=True, help="HOST:PORT")
     c.add_argument("--authority", help="value for :authority (grpc.default_authority)")
     c.add_argument("--count", type=int, default=20, help="number of unary calls (default 20)")
     c.add_argument("--timeout", type=float, default=10.0, help="seconds per call and for connecting")
     c.add_argument("--seed", type=int, help="seed for the payload sizes and bytes")
+    w = sub.add_parser("who", help="count which named server answers calls of one method")
+    w.add_argument("--target", required=True, help="HOST:PORT or xds:///NAME")
+    w.add_argument("--method", choices=["Unary", "Stream"], default="Unary")
+    w.add_argument("--count", type=int, default=100)
+    w.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
     if args.mode == "server":
-        return serve(args.port, args.host)
+        return serve(args.port, args.host, args.name)
+    if args.mode == "who":
+        return run_who(args.target, args.method, args.count, args.timeout)
     return run_client(args.target, args.authority, args.count, args.timeout, args.seed)
 
 

@@ -158,3 +158,194 @@ pub async fn app_counts(
     }
     counts
 }
+
+// ---- xDS: the control plane and real xDS clients ---------------------------
+
+/// An external tool from environment variable `var` (set by
+/// scripts/test.sh); `None` (the test skips, saying why) outside CI.
+pub fn external_tool(var: &str, what: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} must be set in CI (scripts/test.sh sets it)")
+        }
+        _ => {
+            eprintln!("skipped: {var} is not set ({what}); run ./scripts/test.sh");
+            None
+        }
+    }
+}
+
+/// tests/grpc/grpc_check.py: gRPC echo servers and checking clients.
+pub fn grpc_check_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/grpc/grpc_check.py")
+}
+
+/// A running `weft control`.
+pub struct ControlPlane {
+    pub proc: WeftProcess,
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+}
+
+/// Starts `weft control --config dir` on free ports and waits until ready.
+pub async fn control_plane(dir: &Path) -> ControlPlane {
+    let (xds, admin) = (free_addr(), free_addr());
+    let (outbound_port, inbound_port) = (
+        weft_test_support::free_port(),
+        weft_test_support::free_port(),
+    );
+    let proc = WeftProcess::spawn(
+        &weft_bin(),
+        &[
+            "control",
+            "--config",
+            dir.to_str().unwrap(),
+            "--xds",
+            &xds.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--sidecar-outbound-port",
+            &outbound_port.to_string(),
+            "--sidecar-inbound-port",
+            &inbound_port.to_string(),
+        ],
+    )
+    .expect("spawn weft control");
+    wait_until("control plane ready", READY, || async move {
+        let r = HttpClient::http1()
+            .get(admin, "admin", "/ready")
+            .await
+            .ok()?;
+        r.status.is_success().then_some(())
+    })
+    .await
+    .unwrap();
+    ControlPlane {
+        proc,
+        xds,
+        admin,
+        outbound_port,
+        inbound_port,
+    }
+}
+
+/// A running Envoy that takes everything from a control plane over ADS.
+pub struct AdsEnvoy {
+    pub proc: WeftProcess,
+    pub admin: SocketAddr,
+    _dir: TempDir,
+}
+
+impl AdsEnvoy {
+    /// The sum of the admin `/stats` values whose name contains `filter`.
+    pub async fn stat(&self, filter: &str) -> f64 {
+        let r = HttpClient::http1()
+            .get(self.admin, "admin", &format!("/stats?filter={filter}"))
+            .await
+            .unwrap();
+        r.text()
+            .lines()
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// Starts Envoy `bin` as node `node_id` of cluster `cluster` (a Service or
+/// Gateway name), bootstrapped with only the xDS cluster (`DELTA_GRPC` when
+/// `delta`), and waits until it has its first config.
+pub async fn ads_envoy(
+    bin: &Path,
+    node_id: &str,
+    cluster: &str,
+    xds: SocketAddr,
+    delta: bool,
+) -> AdsEnvoy {
+    let admin = free_addr();
+    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
+    let bootstrap = format!(
+        r#"node: {{id: {node_id}, cluster: {cluster}}}
+admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds_cluster}}}}]
+  lds_config: {{ads: {{}}, resource_api_version: V3}}
+  cds_config: {{ads: {{}}, resource_api_version: V3}}
+static_resources:
+  clusters:
+  - name: xds_cluster
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds_cluster
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
+"#,
+        admin_port = admin.port(),
+        xds_port = xds.port(),
+    );
+    let dir = TempDir::new("weft-envoy").unwrap();
+    let path = dir.join("bootstrap.yaml");
+    std::fs::write(&path, bootstrap).unwrap();
+    let base_id = (std::process::id() % 10_000) * 10 + 7;
+    let proc = WeftProcess::spawn(
+        bin,
+        &[
+            "-c",
+            path.to_str().unwrap(),
+            "--base-id",
+            &base_id.to_string(),
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "-l",
+            "warn",
+        ],
+    )
+    .expect("spawn envoy");
+    wait_until(
+        "envoy ready (config received)",
+        Duration::from_secs(30),
+        || async move {
+            let r = HttpClient::http1()
+                .get(admin, "admin", "/ready")
+                .await
+                .ok()?;
+            r.status.is_success().then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    AdsEnvoy {
+        proc,
+        admin,
+        _dir: dir,
+    }
+}
+
+/// Counts `x-app-name` values (failures under `status N` / `error ...`) of
+/// `n` GETs of `/` through `via` with `host`.
+pub async fn answer_counts(
+    via: SocketAddr,
+    host: &str,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    let client = HttpClient::http1();
+    let mut counts = std::collections::BTreeMap::new();
+    for _ in 0..n {
+        let key = match client.get(via, host, "/").await {
+            Ok(r) if r.status == 200 => r.header("x-app-name").unwrap_or("?").to_string(),
+            Ok(r) => format!("status {}", r.status),
+            Err(e) => format!("error {e}"),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
