@@ -278,7 +278,9 @@ impl Moment {
                 newest = Some(snapshot);
             }
         }
-        let groups = newest.map_or_else(Vec::new, |s| view::split_groups(&s.source));
+        let groups = newest
+            .and_then(|s| s.source.clone())
+            .map_or_else(Vec::new, |config| view::split_groups(&config));
         Moment {
             at: Instant::now(),
             mesh: counters,

@@ -1,16 +1,20 @@
-//! The proxy's admin endpoints (served by `weft-admin`): `/ready` (503 once
-//! draining), `/metrics`, and `/config_dump` (the config in use, listeners,
-//! the last rejected change).
+//! The proxy's admin endpoints (served by `weft-admin`): `/ready` (503 until
+//! the first config's listeners are up, and once draining), `/metrics`, and
+//! `/config_dump` (the config and the xDS resources in use, listeners, the
+//! last rejected change).
 
 use std::sync::atomic::Ordering;
 
 use weft_admin::{AdminEndpoints, AdminResponse};
+use weft_xds::TypeUrl;
 
 use crate::state::Shared;
 
 impl AdminEndpoints for Shared {
     fn ready(&self) -> bool {
+        // Ready once the first config is in use, its listeners included.
         !self.draining.load(Ordering::Relaxed)
+            && self.listeners_generation.load(Ordering::Relaxed) > 0
     }
     fn metrics(&self) -> String {
         self.metrics.encode()
@@ -23,7 +27,7 @@ impl AdminEndpoints for Shared {
     }
 }
 
-/// The config in use, where it listens, and the last rejected change.
+/// The config in use, where it came from and where the proxy listens.
 pub fn config_dump(shared: &Shared) -> String {
     let snap = shared.snapshot.load_full();
     let listeners: serde_json::Map<String, serde_json::Value> = shared
@@ -39,13 +43,31 @@ pub fn config_dump(shared: &Shared) -> String {
             (name.clone(), v)
         })
         .collect();
+    // Per type: resource name -> version.
+    let resources: serde_json::Map<String, serde_json::Value> = TypeUrl::ALL
+        .iter()
+        .map(|t| {
+            let names: serde_json::Map<String, serde_json::Value> = snap
+                .resources
+                .of(*t)
+                .map(|r| (r.name.clone(), r.version.clone().into()))
+                .collect();
+            (t.to_string(), names.into())
+        })
+        .collect();
+    let app = shared
+        .app
+        .as_ref()
+        .or(snap.inbound.as_ref())
+        .map(|a| a.addr.to_string());
     let dump = serde_json::json!({
         "service": &*shared.local_service,
         "generation": snap.generation,
         "last_error": *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()),
         "listeners": listeners,
-        "app": shared.app.as_ref().map(|a| a.addr.to_string()),
-        "config": &*snap.source,
+        "app": app,
+        "resources": resources,
+        "config": snap.source.as_deref(),
     });
     serde_json::to_string_pretty(&dump).expect("JSON values always serialize") + "\n"
 }

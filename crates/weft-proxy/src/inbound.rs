@@ -5,7 +5,8 @@
 //!   1. accept + protocol detection (HTTP/2 preface, HTTP/1 method, else
 //!      opaque TCP) ............................. listener.rs
 //!   2. (authorization, rate limit, fault: later issues)
-//!   3. forward to the app over the same protocol ... forward.rs
+//!   3. forward to the app (`--app`, else the inbound listener's cluster
+//!      from the config) over the same protocol ..... forward.rs
 //!   4. metrics
 
 use std::convert::Infallible;
@@ -16,6 +17,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers::is_grpc;
 use crate::state::Shared;
@@ -26,10 +28,24 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
-    let app = shared
-        .app
-        .as_ref()
-        .expect("the inbound listener runs only with an app");
+    // `--app` when given (no snapshot load); else the app the config names.
+    let snapshot;
+    let app = match &shared.app {
+        Some(app) => app,
+        None => {
+            snapshot = shared.snapshot.load();
+            match &snapshot.inbound {
+                Some(app) => app,
+                None => {
+                    let err = ProxyError::NoEndpoints(format!(
+                        "{} (no local app configured)",
+                        shared.local_service
+                    ));
+                    return Ok(shared.finish(&shared.inbound_stats, Err(err), grpc, start));
+                }
+            }
+        }
+    };
     let client = if req.version() == Version::HTTP_2 {
         &app.h2
     } else {

@@ -2,9 +2,10 @@
 //! gRPC and opaque TCP forwarding, config snapshots and reload, the admin
 //! port and metrics.
 //!
-//! Must not depend on control-plane code: the proxy consumes a validated
-//! [`weft_model::Config`] (from a directory today, from xDS next) through an
-//! immutable [`snapshot::Snapshot`].
+//! Must not depend on control-plane code. Config arrives as xDS resources,
+//! translated in-process from a directory (`--config`) by the same code the
+//! control plane serves sidecars with, and becomes an immutable
+//! [`snapshot::Snapshot`] through one builder.
 //!
 //! Request paths: [`outbound`] and [`inbound`] each list their stages in order.
 
@@ -38,19 +39,22 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::listener::Role;
-use crate::snapshot::{BuildOptions, Snapshot};
+use crate::snapshot::{BuildError, BuildOptions, Snapshot, SnapshotBuilder, standalone};
 use crate::state::{App, Limits, Shared};
 use crate::upstream::EndpointRegistry;
 
 /// Everything `weft proxy` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
+    /// Directory of config YAML files, watched for changes.
     pub config_dir: PathBuf,
     /// The Service this sidecar runs beside: `name` or `name.namespace`.
     pub service: String,
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
-    /// The local app; without it there is no inbound listener.
+    /// The local app. Without it, the app of the config's inbound listener
+    /// (its cluster `inbound|NAME.NAMESPACE`), and no inbound listener when
+    /// the config has none.
     pub app: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub connect_timeout: Duration,
@@ -85,6 +89,8 @@ impl ProxyOptions {
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] weft_model::ConfigErrors),
+    #[error("the config cannot be applied: {0}")]
+    Build(#[from] BuildError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -110,27 +116,23 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
+/// `name` or `name.namespace` -> `name.namespace`.
+fn qualified(service: &str) -> String {
+    match service.split_once('.') {
+        Some(_) => service.to_string(),
+        None => format!("{service}.{}", weft_model::DEFAULT_NAMESPACE),
+    }
+}
+
 /// Loads the config, binds every listener and starts serving.
 pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
-    let config = weft_model::load_dir(&opts.config_dir)?;
-    let (name, namespace) = match opts.service.split_once('.') {
-        Some((n, ns)) => (n.to_string(), ns.to_string()),
-        None => (
-            opts.service.clone(),
-            weft_model::DEFAULT_NAMESPACE.to_string(),
-        ),
-    };
-    if config.service(&namespace, &name).is_none() {
-        tracing::warn!(service = %opts.service, "the local service is not in the config; outbound still works");
-    }
-    let build = BuildOptions {
-        connect_timeout: opts.connect_timeout,
-        local_namespace: namespace.clone(),
-    };
-    let registry = EndpointRegistry::default();
     let metrics = metrics::ProxyMetrics::new();
-    let snapshot = Snapshot::build(Arc::new(config), 1, &build, &registry, &metrics);
-    let local_service: Arc<str> = format!("{name}.{namespace}").into();
+    let registry = EndpointRegistry::default();
+    let mut builder = SnapshotBuilder::new(BuildOptions {
+        connect_timeout: opts.connect_timeout,
+    });
+    let snapshot = first_snapshot(&opts, &mut builder, &registry, &metrics)?;
+    let local_service: Arc<str> = qualified(&opts.service).into();
     let app = opts.app.map(|addr| App {
         addr,
         h1: Arc::new(upstream::EndpointClient::new(
@@ -144,6 +146,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             opts.connect_timeout,
         )),
     });
+    let generation = snapshot.generation;
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
         inbound_stats: metrics.route_stats(
@@ -162,13 +165,16 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             detect_timeout: opts.detect_timeout,
         },
         draining: AtomicBool::new(false),
+        listeners_generation: Default::default(),
         listeners: Default::default(),
         last_error: Default::default(),
     });
-    shared.metrics.config_generation.set(1);
+    shared.metrics.config_generation.set(generation as i64);
 
     let (stop, stop_rx) = watch::channel(false);
     let outbound_l = bind("outbound", opts.outbound).await?;
+    // With --app the inbound listener is there from the start (and a bind
+    // failure stops the proxy); without, it follows the config.
     let inbound_l = match opts.app {
         Some(_) => Some(bind("inbound", opts.inbound).await?),
         None => None,
@@ -183,12 +189,12 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let admin = admin_l.local_addr().expect("bound socket has an address");
 
     let mut listeners = Vec::new();
-    let spawn = |l, name: &str, role, shared: &Arc<Shared>| {
+    let spawn = |l, name: &str, role, addr, shared: &Arc<Shared>| {
         shared
             .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), Ok(outbound));
+            .insert(name.to_string(), Ok(addr));
         tokio::spawn(listener::serve(
             l,
             name.into(),
@@ -198,39 +204,34 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             opts.drain_timeout,
         ))
     };
-    listeners.push(spawn(outbound_l, "outbound", Role::Outbound, &shared));
-    shared
-        .listeners
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert("outbound".into(), Ok(outbound));
+    listeners.push(spawn(
+        outbound_l,
+        "outbound",
+        Role::Outbound,
+        outbound,
+        &shared,
+    ));
     if let (Some(l), Some(addr)) = (inbound_l, inbound) {
-        listeners.push(spawn(l, "inbound", Role::Inbound, &shared));
-        shared
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert("inbound".into(), Ok(addr));
-    } else {
-        tracing::info!("no --app given: no inbound listener");
+        listeners.push(spawn(l, "inbound", Role::Inbound, addr, &shared));
     }
 
-    let (published, published_rx) = watch::channel(1u64);
+    let (published, published_rx) = watch::channel(generation);
     let background = vec![
         tokio::spawn(weft_admin::serve(admin_l, shared.clone(), stop_rx.clone())),
-        tokio::spawn(reload::watch_dir(
-            opts.config_dir.clone(),
-            opts.reload_interval,
-            build,
+        tokio::spawn(manage_listeners(
             shared.clone(),
-            published,
-            stop_rx.clone(),
-        )),
-        tokio::spawn(manage_vips(
-            shared.clone(),
+            (opts.app.is_none()).then_some(opts.inbound),
             published_rx,
             stop_rx.clone(),
             opts.drain_timeout,
+        )),
+        tokio::spawn(reload::watch_dir(
+            opts.config_dir.clone(),
+            opts.reload_interval,
+            builder,
+            shared.clone(),
+            published,
+            stop_rx,
         )),
     ];
     tracing::info!(%outbound, ?inbound, %admin, service = %shared.local_service, "proxy started");
@@ -245,53 +246,111 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     })
 }
 
-/// Keeps one listener per `vip:port` of the current snapshot: binds new ones,
-/// stops removed ones. A listener decides HTTP vs TCP per connection from the
-/// snapshot, so a protocol change needs no rebind.
-async fn manage_vips(
+/// The directory's config as generation 1.
+fn first_snapshot(
+    opts: &ProxyOptions,
+    builder: &mut SnapshotBuilder,
+    registry: &EndpointRegistry,
+    metrics: &metrics::ProxyMetrics,
+) -> Result<Snapshot, StartError> {
+    let config = weft_model::load_dir(&opts.config_dir)?;
+    let qualified = qualified(&opts.service);
+    let (name, namespace) = qualified.split_once('.').unwrap_or_default();
+    if config.service(namespace, name).is_none() {
+        tracing::warn!(service = %opts.service, "the local service is not in the config; outbound still works");
+    }
+    let config = Arc::new(config);
+    Ok(standalone::build(
+        builder,
+        config,
+        &opts.service,
+        1,
+        registry,
+        metrics,
+    )?)
+}
+
+/// A listener that comes and goes with the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Dynamic {
+    /// A Service's `vip:port`.
+    Vip(SocketAddr),
+    /// The inbound listener, without `--app`: while the config names an app.
+    Inbound(SocketAddr),
+}
+
+impl Dynamic {
+    fn name(&self) -> String {
+        match self {
+            Dynamic::Vip(addr) => format!("vip {addr}"),
+            Dynamic::Inbound(_) => "inbound".into(),
+        }
+    }
+}
+
+/// Keeps one listener per `vip:port` of the current snapshot (and, when
+/// `inbound` is given, the inbound listener while the snapshot has an app):
+/// binds new ones, stops removed ones. A VIP listener decides HTTP vs TCP
+/// per connection from the snapshot, so a protocol change needs no rebind,
+/// and an endpoint change touches no listener.
+async fn manage_listeners(
     shared: Arc<Shared>,
+    inbound: Option<SocketAddr>,
     mut published: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let mut running: HashMap<SocketAddr, (watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
+    let mut running: HashMap<Dynamic, (watch::Sender<bool>, JoinHandle<()>)> = HashMap::new();
     loop {
-        let wanted: Vec<SocketAddr> = shared.snapshot.load().vips.keys().copied().collect();
-        running.retain(|addr, (tx, _)| {
-            let keep = wanted.contains(addr);
+        let (generation, wanted): (u64, Vec<Dynamic>) = {
+            let snapshot = shared.snapshot.load();
+            let vips = snapshot.vips.keys().map(|a| Dynamic::Vip(*a));
+            let app = inbound.filter(|_| snapshot.inbound.is_some());
+            (
+                snapshot.generation,
+                vips.chain(app.map(Dynamic::Inbound)).collect(),
+            )
+        };
+        running.retain(|l, (tx, _)| {
+            let keep = wanted.contains(l);
             if !keep {
                 tx.send_replace(true);
                 shared
                     .listeners
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&format!("vip {addr}"));
-                tracing::info!(%addr, "virtual address listener removed");
+                    .remove(&l.name());
+                tracing::info!(listener = %l.name(), "listener removed");
             }
             keep
         });
-        for addr in wanted {
-            if running.contains_key(&addr) {
+        for l in wanted {
+            if running.contains_key(&l) {
                 continue;
             }
-            let name = format!("vip {addr}");
+            let (addr, role) = match l {
+                Dynamic::Vip(addr) => (addr, Role::Vip(addr)),
+                Dynamic::Inbound(addr) => (addr, Role::Inbound),
+            };
+            let name = l.name();
             let status = match TcpListener::bind(addr).await {
-                Ok(l) => {
+                Ok(listener) => {
+                    let bound = listener.local_addr().unwrap_or(addr);
                     let (tx, rx) = watch::channel(false);
                     let h = tokio::spawn(listener::serve(
-                        l,
+                        listener,
                         name.clone().into(),
-                        Role::Vip(addr),
+                        role,
                         shared.clone(),
                         rx,
                         drain,
                     ));
-                    running.insert(addr, (tx, h));
-                    tracing::info!(%addr, "virtual address listener started");
-                    Ok(addr)
+                    running.insert(l, (tx, h));
+                    tracing::info!(listener = %name, %bound, "listener started");
+                    Ok(bound)
                 }
                 Err(e) => {
-                    tracing::error!(%addr, error = %e, "cannot listen on a Service's virtual address");
+                    tracing::error!(listener = %name, %addr, error = %e, "cannot listen");
                     Err(format!("cannot listen on {addr}: {e}"))
                 }
             };
@@ -301,12 +360,15 @@ async fn manage_vips(
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(name, status);
         }
+        shared
+            .listeners_generation
+            .store(generation, Ordering::Relaxed);
         tokio::select! {
             r = published.changed() => if r.is_err() { break },
             _ = stop.changed() => break,
         }
     }
-    // Stop, then wait for each VIP listener to drain.
+    // Stop, then wait for each listener to drain.
     for (_, (tx, h)) in running {
         tx.send_replace(true);
         let _ = h.await;
@@ -317,6 +379,8 @@ impl RunningProxy {
     pub fn outbound_addr(&self) -> SocketAddr {
         self.outbound
     }
+    /// The inbound listener started with `--app` (a config-driven one is
+    /// in the admin `/config_dump`).
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
         self.inbound
     }

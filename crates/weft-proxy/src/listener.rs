@@ -148,7 +148,7 @@ async fn inbound_connection(
     .unwrap_or(Some(Detected::Opaque));
     let Some(detected) = detected else { return };
     let prefix = prefix.freeze();
-    let Some(app) = shared.app.as_ref().map(|a| a.addr) else {
+    let Some(app) = shared.app_addr() else {
         return;
     };
     match detected {

@@ -1,17 +1,18 @@
-//! Config reload: the directory is polled for changes
+//! `--config DIR` reload: the directory is polled for changes
 //! ([`weft_model::DirWatch`]: loaded once stable for one poll). A valid
-//! change is published as a new snapshot; an invalid one is logged, counted
-//! and shown on the admin port while the last good snapshot keeps serving.
+//! change is translated and built into a new snapshot
+//! ([`standalone`](crate::snapshot::standalone)); an invalid one is logged,
+//! counted and shown on the admin port while the last good snapshot keeps
+//! serving.
 
 use std::path::{Path, PathBuf};
-
 use std::sync::Arc;
 use std::time::Duration;
-use weft_model::DirWatch;
 
 use tokio::sync::watch;
+use weft_model::DirWatch;
 
-use crate::snapshot::{BuildOptions, Snapshot};
+use crate::snapshot::{SnapshotBuilder, standalone};
 use crate::state::Shared;
 
 /// Watches `dir` until `stop`; publishes each accepted config to `shared`
@@ -19,7 +20,7 @@ use crate::state::Shared;
 pub async fn watch_dir(
     dir: PathBuf,
     interval: Duration,
-    build: BuildOptions,
+    mut builder: SnapshotBuilder,
     shared: Arc<Shared>,
     published: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
@@ -31,7 +32,7 @@ pub async fn watch_dir(
             _ = stop.changed() => return,
         }
         if watch.poll() {
-            reload(&dir, &build, &shared, &published);
+            reload(&dir, &mut builder, &shared, &published);
         }
     }
 }
@@ -39,42 +40,54 @@ pub async fn watch_dir(
 /// Loads `dir` now; returns whether a new snapshot was published.
 pub fn reload(
     dir: &Path,
-    build: &BuildOptions,
+    builder: &mut SnapshotBuilder,
     shared: &Shared,
     published: &watch::Sender<u64>,
 ) -> bool {
     let m = &shared.metrics;
-    match weft_model::load_dir(dir) {
-        Ok(config) => {
+    let result = weft_model::load_dir(dir).map_err(|errors| {
+        for e in errors.iter() {
+            tracing::error!(error = %e, "config change rejected; keeping the last good config");
+        }
+        errors.to_string()
+    });
+    let result = result.and_then(|config| {
+        let current = shared.snapshot.load_full();
+        if current.source.as_deref() == Some(&config) {
+            return Ok(None);
+        }
+        let generation = current.generation + 1;
+        standalone::build(
+            builder,
+            Arc::new(config),
+            &shared.local_service,
+            generation,
+            &shared.registry,
+            &shared.metrics,
+        )
+        .map(Some)
+        .map_err(|e| {
+            tracing::error!(error = %e, "config change cannot be applied; keeping the last good config");
+            e.to_string()
+        })
+    });
+    match result {
+        Ok(snapshot) => {
             *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             m.config_last_error.set(0);
-            let current = shared.snapshot.load_full();
-            if *current.source == config {
+            let Some(snapshot) = snapshot else {
                 return false;
-            }
-            let generation = current.generation + 1;
-            let snap = Snapshot::build(
-                Arc::new(config),
-                generation,
-                build,
-                &shared.registry,
-                &shared.metrics,
-            );
-            shared.snapshot.store(Arc::new(snap));
-            shared.registry.retain_used();
-            m.config_generation.set(generation as i64);
-            m.config_reloads.inc();
+            };
+            let generation = snapshot.generation;
+            shared.publish(snapshot);
             tracing::info!(generation, dir = %dir.display(), "config reloaded");
             published.send_replace(generation);
             true
         }
-        Err(errors) => {
+        Err(error) => {
             m.config_errors.inc();
             m.config_last_error.set(1);
-            for e in errors.iter() {
-                tracing::error!(error = %e, "config change rejected; keeping the last good config");
-            }
-            *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(errors.to_string());
+            *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
             false
         }
     }

@@ -1,18 +1,19 @@
-//! Route tables: the compiled form of the HTTPRoutes attached to one Service
-//! port, ordered by Gateway API precedence, and the request matching on them.
+//! Route tables: the rules of one virtual host (a Service port), in the
+//! order the route configuration lists them (first match wins, as in Envoy;
+//! `weft_xds::translate` orders them by Gateway API precedence), and the
+//! request matching on them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
 use regex::Regex;
-use weft_model::{HeaderMatchType, HttpRouteMatch, PathMatchType};
 use weft_policy::balance::{Balance, WeightedRoundRobin};
 
 use crate::metrics::RouteStats;
 use crate::snapshot::Cluster;
 
-/// The rules for one Service port, most specific first.
+/// The rules for one Service port, in match order.
 pub struct RouteTable {
     /// `name.namespace` of the Service the table belongs to (metric label).
     pub service: Arc<str>,
@@ -38,29 +39,97 @@ impl Rule {
 }
 
 impl RouteTable {
-    /// The first rule, in precedence order, whose match holds.
+    /// The first rule whose match holds.
     pub fn find(&self, req: &Parts) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matcher.matches(req))
     }
 }
 
+/// How a rule matches the request path (the query string never takes part).
+#[derive(Clone)]
 pub enum PathMatcher {
+    /// The whole path.
     Exact(String),
-    /// Element-wise prefix, without trailing slash (`/` matches everything).
+    /// A plain string prefix (Envoy's `prefix`).
     Prefix(String),
+    /// Whole path segments (Envoy's `path_separated_prefix`, Gateway API's
+    /// `PathPrefix`): the path equals the prefix or continues with `/`.
+    /// Stored without a trailing slash; `/` matches everything.
+    Segments(String),
+    /// The whole path matches (anchored).
     Regex(Regex),
 }
 
+impl PathMatcher {
+    /// An anchored regex: it must match the whole value, as Envoy's
+    /// `safe_regex` does.
+    pub fn regex(pattern: &str) -> Result<Regex, regex::Error> {
+        Regex::new(&format!("^(?:{pattern})$"))
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatcher::Exact(p) => path == p,
+            PathMatcher::Prefix(p) => path.starts_with(p.as_str()),
+            PathMatcher::Segments(p) => {
+                p == "/"
+                    || (path.starts_with(p.as_str())
+                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
+            }
+            PathMatcher::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// A condition on one request header: some value of it matches (or, when
+/// inverted, none does).
+#[derive(Clone)]
 pub struct HeaderMatcher {
     name: http::HeaderName,
     value: ValueMatcher,
+    invert: bool,
 }
 
-enum ValueMatcher {
+impl HeaderMatcher {
+    pub fn new(name: http::HeaderName, value: ValueMatcher, invert: bool) -> Self {
+        Self {
+            name,
+            value,
+            invert,
+        }
+    }
+
+    fn matches(&self, req: &Parts) -> bool {
+        let found = req.headers.get_all(&self.name).iter().any(|v| {
+            let Ok(v) = v.to_str() else { return false };
+            match &self.value {
+                ValueMatcher::Present => true,
+                ValueMatcher::Exact(e) => v == e,
+                ValueMatcher::Prefix(p) => v.starts_with(p.as_str()),
+                ValueMatcher::Suffix(s) => v.ends_with(s.as_str()),
+                ValueMatcher::Contains(c) => v.contains(c.as_str()),
+                ValueMatcher::Regex(r) => r.is_match(v),
+            }
+        });
+        found != self.invert
+    }
+}
+
+/// How a header value must look.
+#[derive(Clone)]
+pub enum ValueMatcher {
+    /// Any value.
+    Present,
     Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    /// The whole value matches (anchored).
     Regex(Regex),
 }
 
+/// Everything one rule match requires: path, headers and method, all of them.
+#[derive(Clone)]
 pub struct Matcher {
     path: PathMatcher,
     headers: Vec<HeaderMatcher>,
@@ -68,35 +137,11 @@ pub struct Matcher {
 }
 
 impl Matcher {
-    /// Compiles a validated match. Validation already checked regexes and
-    /// names, so failures here are bugs; they compile to a never-matching rule
-    /// rather than a panic.
-    pub fn compile(m: &HttpRouteMatch) -> Self {
-        let anchored = |v: &str| {
-            Regex::new(&format!("^(?:{v})$"))
-                .unwrap_or_else(|_| Regex::new("$^").expect("static regex"))
-        };
-        let path = match m.path.kind {
-            PathMatchType::Exact => PathMatcher::Exact(m.path.value.clone()),
-            PathMatchType::PathPrefix => {
-                let v = m.path.value.trim_end_matches('/');
-                PathMatcher::Prefix(if v.is_empty() { "/".into() } else { v.into() })
-            }
-            PathMatchType::RegularExpression => PathMatcher::Regex(anchored(&m.path.value)),
-        };
-        let headers = m
-            .headers
-            .iter()
-            .filter_map(|h| {
-                let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-                let value = match h.kind {
-                    HeaderMatchType::Exact => ValueMatcher::Exact(h.value.clone()),
-                    HeaderMatchType::RegularExpression => ValueMatcher::Regex(anchored(&h.value)),
-                };
-                Some(HeaderMatcher { name, value })
-            })
-            .collect();
-        let method = m.method.as_deref().and_then(|s| s.parse().ok());
+    pub fn new(
+        path: PathMatcher,
+        headers: Vec<HeaderMatcher>,
+        method: Option<http::Method>,
+    ) -> Self {
         Self {
             path,
             headers,
@@ -104,20 +149,9 @@ impl Matcher {
         }
     }
 
-    /// Gateway API precedence: exact path, then longer prefixes, then method,
-    /// then more header matches. Lower sorts first.
-    pub fn precedence(&self) -> (u8, std::cmp::Reverse<usize>, bool, std::cmp::Reverse<usize>) {
-        let (kind, len) = match &self.path {
-            PathMatcher::Exact(p) => (0, p.len()),
-            PathMatcher::Prefix(p) => (1, p.len()),
-            PathMatcher::Regex(r) => (2, r.as_str().len()),
-        };
-        (
-            kind,
-            std::cmp::Reverse(len),
-            self.method.is_none(),
-            std::cmp::Reverse(self.headers.len()),
-        )
+    /// Everything (`/` as a segment prefix).
+    pub fn all() -> Self {
+        Self::new(PathMatcher::Segments("/".into()), Vec::new(), None)
     }
 
     pub fn matches(&self, req: &Parts) -> bool {
@@ -126,43 +160,29 @@ impl Matcher {
         {
             return false;
         }
-        let path = req.uri.path();
-        let path_ok = match &self.path {
-            PathMatcher::Exact(p) => path == p,
-            PathMatcher::Prefix(p) => {
-                p == "/"
-                    || (path.starts_with(p.as_str())
-                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
-            }
-            PathMatcher::Regex(r) => r.is_match(path),
-        };
-        path_ok
-            && self.headers.iter().all(|h| {
-                req.headers.get_all(&h.name).iter().any(|v| {
-                    let Ok(v) = v.to_str() else { return false };
-                    match &h.value {
-                        ValueMatcher::Exact(e) => v == e,
-                        ValueMatcher::Regex(r) => r.is_match(v),
-                    }
-                })
-            })
+        self.path.matches(req.uri.path()) && self.headers.iter().all(|h| h.matches(req))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_model::{HeaderMatch, PathMatch};
 
-    fn m(kind: PathMatchType, value: &str) -> Matcher {
-        Matcher::compile(&HttpRouteMatch {
-            path: PathMatch {
-                kind,
-                value: value.into(),
-            },
-            headers: vec![],
-            method: None,
-        })
+    fn m(path: PathMatcher) -> Matcher {
+        Matcher::new(path, vec![], None)
+    }
+
+    fn segments(p: &str) -> Matcher {
+        let v = p.trim_end_matches('/');
+        m(PathMatcher::Segments(if v.is_empty() {
+            "/".into()
+        } else {
+            v.into()
+        }))
+    }
+
+    fn regex(p: &str) -> Matcher {
+        m(PathMatcher::Regex(PathMatcher::regex(p).unwrap()))
     }
 
     fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
@@ -173,20 +193,30 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
+    fn header(name: &str, value: ValueMatcher) -> HeaderMatcher {
+        HeaderMatcher::new(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value,
+            false,
+        )
+    }
+
     #[test]
     fn prefixes_match_whole_path_segments() {
-        let p = m(PathMatchType::PathPrefix, "/api/");
+        let p = segments("/api/");
         assert!(p.matches(&req("GET", "/api", &[])));
         assert!(p.matches(&req("GET", "/api/items?x=1", &[])));
         assert!(!p.matches(&req("GET", "/apix", &[])));
-        assert!(m(PathMatchType::PathPrefix, "/").matches(&req("GET", "/anything", &[])));
+        assert!(segments("/").matches(&req("GET", "/anything", &[])));
+        // Envoy's plain `prefix` is a string prefix.
+        assert!(m(PathMatcher::Prefix("/api".into())).matches(&req("GET", "/apix", &[])));
     }
 
     #[test]
     fn exact_and_regex_paths() {
-        assert!(m(PathMatchType::Exact, "/a").matches(&req("GET", "/a", &[])));
-        assert!(!m(PathMatchType::Exact, "/a").matches(&req("GET", "/a/", &[])));
-        let r = m(PathMatchType::RegularExpression, "/items/[0-9]+");
+        assert!(m(PathMatcher::Exact("/a".into())).matches(&req("GET", "/a", &[])));
+        assert!(!m(PathMatcher::Exact("/a".into())).matches(&req("GET", "/a/", &[])));
+        let r = regex("/items/[0-9]+");
         assert!(r.matches(&req("GET", "/items/42", &[])));
         assert!(
             !r.matches(&req("GET", "/items/42/x", &[])),
@@ -196,25 +226,17 @@ mod tests {
 
     #[test]
     fn headers_and_method_must_all_hold() {
-        let mt = Matcher::compile(&HttpRouteMatch {
-            path: PathMatch {
-                kind: PathMatchType::PathPrefix,
-                value: "/".into(),
-            },
-            headers: vec![
-                HeaderMatch {
-                    kind: HeaderMatchType::Exact,
-                    name: "x-canary".into(),
-                    value: "yes".into(),
-                },
-                HeaderMatch {
-                    kind: HeaderMatchType::RegularExpression,
-                    name: "x-user".into(),
-                    value: "u[0-9]".into(),
-                },
+        let mt = Matcher::new(
+            PathMatcher::Segments("/".into()),
+            vec![
+                header("x-canary", ValueMatcher::Exact("yes".into())),
+                header(
+                    "x-user",
+                    ValueMatcher::Regex(PathMatcher::regex("u[0-9]").unwrap()),
+                ),
             ],
-            method: Some("POST".into()),
-        });
+            Some(http::Method::POST),
+        );
         assert!(mt.matches(&req("POST", "/", &[("X-Canary", "yes"), ("x-user", "u7")])));
         assert!(!mt.matches(&req("GET", "/", &[("x-canary", "yes"), ("x-user", "u7")])));
         assert!(!mt.matches(&req("POST", "/", &[("x-canary", "no"), ("x-user", "u7")])));
@@ -222,15 +244,27 @@ mod tests {
     }
 
     #[test]
-    fn precedence_orders_specific_first() {
-        let mut v = [
-            m(PathMatchType::PathPrefix, "/"),
-            m(PathMatchType::PathPrefix, "/api"),
-            m(PathMatchType::Exact, "/api/x"),
-        ];
-        v.sort_by_key(|m| m.precedence());
-        let kinds: Vec<_> = v.iter().map(|m| m.precedence().0).collect();
-        assert_eq!(kinds, [0, 1, 1]);
-        assert!(matches!(&v[1].path, PathMatcher::Prefix(p) if p == "/api"));
+    fn header_value_forms_and_inversion() {
+        let with = |v: ValueMatcher, invert: bool| {
+            Matcher::new(
+                PathMatcher::Segments("/".into()),
+                vec![HeaderMatcher::new(
+                    http::HeaderName::from_static("x-v"),
+                    v,
+                    invert,
+                )],
+                None,
+            )
+        };
+        let r = req("GET", "/", &[("x-v", "alpha-beta")]);
+        let none = req("GET", "/", &[]);
+        assert!(with(ValueMatcher::Present, false).matches(&r));
+        assert!(!with(ValueMatcher::Present, false).matches(&none));
+        assert!(with(ValueMatcher::Present, true).matches(&none));
+        assert!(with(ValueMatcher::Prefix("alpha".into()), false).matches(&r));
+        assert!(with(ValueMatcher::Suffix("beta".into()), false).matches(&r));
+        assert!(with(ValueMatcher::Contains("a-b".into()), false).matches(&r));
+        assert!(!with(ValueMatcher::Exact("alpha".into()), false).matches(&r));
+        assert!(with(ValueMatcher::Exact("alpha".into()), true).matches(&r));
     }
 }

@@ -1,30 +1,46 @@
-//! The proxy's runtime config: an immutable [`Snapshot`] translated from a
-//! validated [`weft_model::Config`], published atomically and read lock-free
-//! by every request. A request keeps the snapshot it started with, so a reload
-//! never changes config under an in-flight request.
+//! The proxy's runtime config: an immutable [`Snapshot`] built from xDS
+//! resources, published atomically and read lock-free by every request. A
+//! request keeps the snapshot it started with, so a config change never
+//! changes config under an in-flight request.
 //!
-//! The snapshot does not know where the config came from (a directory today,
-//! xDS next): [`Snapshot::build`] takes a model config, nothing else.
+//! There is one way to make a snapshot: [`SnapshotBuilder`] from a set of
+//! xDS resources in the form `weft_xds::translate` produces for weft (and
+//! Envoy) sidecars. Both config sources feed it: a control plane over ADS,
+//! and `--config DIR`, which runs the same translation in-process
+//! ([`standalone`]). So a directory and a control plane serving that
+//! directory give the same routing.
+
+mod build;
+mod cluster;
+mod listener;
+mod routes;
+pub mod standalone;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_model::{Config, ObjectKey, Protocol, Service};
-use weft_policy::balance::{Balance, WeightedRoundRobin};
-
 use prometheus_client::metrics::counter::Counter;
+use weft_model::Config;
+use weft_policy::balance::{Balance, WeightedRoundRobin};
+use weft_xds::ResourceSet;
 
-use crate::metrics::{Direction, ProxyMetrics};
-use crate::route::{Matcher, RouteTable, Rule};
-use crate::upstream::{EndpointClient, EndpointRegistry};
+use crate::route::RouteTable;
+use crate::state::App;
+use crate::upstream::EndpointClient;
 
-/// A Service port as a destination: its endpoints and how to pick one.
+pub use build::{BuildError, SnapshotBuilder};
+
+/// A Service port as a destination (an xDS cluster): its endpoints and how
+/// to pick one.
 pub struct Cluster {
     /// `name.namespace` (metric label, error messages).
     pub label: Arc<str>,
-    pub protocol: Protocol,
+    /// Endpoints speak HTTP/2 (h2c) rather than HTTP/1.1.
+    pub http2: bool,
     pub endpoints: Vec<Arc<EndpointClient>>,
     /// `weft_endpoint_requests_total` of each endpoint, same order.
     endpoint_requests: Vec<Counter>,
@@ -48,106 +64,78 @@ pub enum VipTarget {
     Tcp(Arc<Cluster>),
 }
 
-/// A Service reachable by Host name, with one route table per HTTP port.
-pub struct VirtualHost {
-    /// (port, table), in Service port order; the first is the default port.
-    pub ports: Vec<(u16, Arc<RouteTable>)>,
+/// The route tables of one host name, by the port in the authority.
+#[derive(Default)]
+struct HostRoutes {
+    /// For an authority without a port.
+    portless: Option<Arc<RouteTable>>,
+    ports: Vec<(u16, Arc<RouteTable>)>,
 }
 
-impl VirtualHost {
-    /// The table for `port`, or for the first HTTP port when no port is given.
-    pub fn table(&self, port: Option<u16>) -> Option<&Arc<RouteTable>> {
+impl HostRoutes {
+    fn table(&self, port: Option<u16>) -> Option<&Arc<RouteTable>> {
         match port {
-            None => self.ports.first().map(|(_, t)| t),
+            None => self.portless.as_ref(),
             Some(p) => self.ports.iter().find(|(q, _)| *q == p).map(|(_, t)| t),
         }
     }
 }
 
-/// Knobs that shape the snapshot but do not come from the config documents.
+/// Knobs that shape the snapshot but do not come from the config.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
+    /// Connect timeout of every endpoint (`--connect-timeout`; a cluster's
+    /// own `connect_timeout` is not used, so one endpoint has one pool).
     pub connect_timeout: Duration,
-    /// Namespace of the local service: bare names (`catalog`) resolve here.
-    pub local_namespace: String,
 }
 
 pub struct Snapshot {
-    /// 1 for the first config, +1 for every accepted change.
+    /// 0 before any config arrived, 1 for the first, +1 for every change.
     pub generation: u64,
-    pub source: Arc<Config>,
-    /// host name (no port, lower case) -> virtual host.
-    hosts: HashMap<String, Arc<VirtualHost>>,
+    /// The model config the resources were translated from (`--config`
+    /// mode only).
+    pub source: Option<Arc<Config>>,
+    /// The xDS resources this snapshot was built from (shared, not copied).
+    pub resources: ResourceSet,
+    /// Outbound: domain (lower case, no trailing dot, no port) -> tables.
+    hosts: HashMap<String, HostRoutes>,
+    /// Outbound: the table of domain `*`, for authorities nothing else takes.
+    any_host: Option<Arc<RouteTable>>,
     /// Every `vip:port` listener the config asks for.
     pub vips: BTreeMap<SocketAddr, VipTarget>,
+    /// The local app the inbound listener forwards to, when the config has
+    /// an inbound listener (or `--app` names it).
+    pub inbound: Option<App>,
 }
 
 impl Snapshot {
-    /// Translates a validated config; endpoint clients come from (and are
-    /// shared through) `registry`.
-    pub fn build(
-        config: Arc<Config>,
-        generation: u64,
-        opts: &BuildOptions,
-        registry: &EndpointRegistry,
-        metrics: &ProxyMetrics,
-    ) -> Snapshot {
-        let mut b = Builder {
-            config: &config,
-            opts,
-            registry,
-            metrics,
-            clusters: HashMap::new(),
-        };
-        let mut hosts = HashMap::new();
-        let mut vips = BTreeMap::new();
-        for svc in &config.services {
-            let mut ports = Vec::new();
-            for port in &svc.ports {
-                let addr = svc.vip.map(|ip| SocketAddr::new(ip, port.port));
-                if port.protocol.is_http() {
-                    let table = Arc::new(b.route_table(svc, port.port));
-                    if let Some(addr) = addr {
-                        vips.insert(addr, VipTarget::Http(table.clone()));
-                    }
-                    ports.push((port.port, table));
-                } else if let Some(addr) = addr {
-                    vips.insert(addr, VipTarget::Tcp(b.cluster(svc, port.port)));
-                }
-            }
-            if ports.is_empty() {
-                continue;
-            }
-            let vh = Arc::new(VirtualHost { ports });
-            let (n, ns) = (&svc.name, &svc.namespace);
-            for host in [
-                format!("{n}.{ns}"),
-                format!("{n}.{ns}.svc"),
-                format!("{n}.{ns}.svc.cluster.local"),
-            ] {
-                hosts.insert(host, vh.clone());
-            }
-            if *ns == opts.local_namespace {
-                hosts.insert(n.clone(), vh.clone());
-            }
-        }
+    /// No config yet (generation 0): every outbound request is refused.
+    pub fn empty() -> Snapshot {
         Snapshot {
-            generation,
-            source: config.clone(),
-            hosts,
-            vips,
+            generation: 0,
+            source: None,
+            resources: ResourceSet::default(),
+            hosts: HashMap::new(),
+            any_host: None,
+            vips: BTreeMap::new(),
+            inbound: None,
         }
     }
 
-    /// Resolves a `Host` / `:authority` value (`name[.ns[.svc.cluster.local]][:port]`).
+    /// Resolves a `Host` / `:authority` value (`host[:port]`) by the
+    /// outbound route configuration's domains: the host case-insensitively
+    /// and without a trailing dot, with the port as given (an authority
+    /// without port matches only port-less domains).
     pub fn lookup_host(&self, authority: &str) -> Option<&Arc<RouteTable>> {
         let (host, port) = split_host_port(authority);
-        let vh = if host.bytes().any(|c| c.is_ascii_uppercase()) {
-            self.hosts.get(&host.to_ascii_lowercase())?
+        let routes = if host.bytes().any(|c| c.is_ascii_uppercase()) {
+            self.hosts.get(&host.to_ascii_lowercase())
         } else {
-            self.hosts.get(host)?
+            self.hosts.get(host)
         };
-        vh.table(port)
+        routes
+            .and_then(|r| r.table(port))
+            .or(self.any_host.as_ref())
     }
 }
 
@@ -162,136 +150,3 @@ fn split_host_port(authority: &str) -> (&str, Option<u16>) {
     };
     (host.trim_end_matches('.'), port)
 }
-
-struct Builder<'a> {
-    config: &'a Config,
-    opts: &'a BuildOptions,
-    registry: &'a EndpointRegistry,
-    metrics: &'a ProxyMetrics,
-    clusters: HashMap<(ObjectKey, u16), Arc<Cluster>>,
-}
-
-impl Builder<'_> {
-    fn cluster(&mut self, svc: &Service, port: u16) -> Arc<Cluster> {
-        let key = (ObjectKey::new(&svc.namespace, &svc.name), port);
-        if let Some(c) = self.clusters.get(&key) {
-            return c.clone();
-        }
-        let protocol = svc.port(port).map_or(Protocol::Http, |p| p.protocol);
-        let endpoints: Vec<_> = svc
-            .endpoints
-            .iter()
-            .map(|e| {
-                self.registry
-                    .get(e.address, protocol.is_http2(), self.opts.connect_timeout)
-            })
-            .collect();
-        let weights: Vec<u32> = svc.endpoints.iter().map(|e| e.weight).collect();
-        // Start each cluster at a different point of its cycle so that many
-        // sidecars with the same config spread their first requests.
-        let offset = std::process::id() as usize;
-        let label: Arc<str> = format!("{}.{}", svc.name, svc.namespace).into();
-        let endpoint_requests = endpoints
-            .iter()
-            .map(|e| {
-                self.metrics
-                    .endpoint_counter(label.clone(), e.label.clone())
-            })
-            .collect();
-        let c = Arc::new(Cluster {
-            label,
-            protocol,
-            endpoints,
-            endpoint_requests,
-            balancer: WeightedRoundRobin::starting_at(&weights, offset),
-        });
-        self.clusters.insert(key, c.clone());
-        c
-    }
-
-    /// The rules of every HTTPRoute attached to this Service port, or one
-    /// default rule sending everything to the Service itself.
-    fn route_table(&mut self, svc: &Service, port: u16) -> RouteTable {
-        let service: Arc<str> = format!("{}.{}", svc.name, svc.namespace).into();
-        let mut rules: Vec<(_, Rule)> = Vec::new();
-        for route in self.config.routes_for_service(svc) {
-            let attached = route.parent_refs.iter().any(|p| {
-                p.namespace == svc.namespace
-                    && p.name == svc.name
-                    && p.port.is_none_or(|pp| pp == port)
-            });
-            if !attached {
-                continue;
-            }
-            for (i, rule) in route.rules.iter().enumerate() {
-                let label: Arc<str> = format!("{}/{i}", route.name).into();
-                let mut backends = Vec::new();
-                let mut weights = Vec::new();
-                for b in &rule.backend_refs {
-                    let Some(target) = self.config.service(&b.namespace, &b.name) else {
-                        continue; // validation guarantees this exists
-                    };
-                    let Some(bport) = b.port.or_else(|| target.first_http_port().map(|p| p.port))
-                    else {
-                        continue;
-                    };
-                    backends.push(self.cluster(target, bport));
-                    weights.push(b.weight);
-                }
-                for m in &rule.matches {
-                    let matcher = Matcher::compile(m);
-                    let order = (
-                        matcher.precedence(),
-                        route.namespace.clone(),
-                        route.name.clone(),
-                        i,
-                    );
-                    rules.push((
-                        order,
-                        Rule {
-                            label: label.clone(),
-                            matcher,
-                            backends: backends.clone(),
-                            split: WeightedRoundRobin::new(&weights),
-                            timeout: rule.timeouts.request,
-                            stats: self.metrics.route_stats(
-                                Direction::Outbound,
-                                service.clone(),
-                                label.clone(),
-                            ),
-                        },
-                    ));
-                }
-            }
-        }
-        rules.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut rules: Vec<Rule> = rules.into_iter().map(|(_, r)| r).collect();
-        if rules.is_empty() {
-            let all = weft_model::HttpRouteMatch {
-                path: weft_model::PathMatch {
-                    kind: weft_model::PathMatchType::PathPrefix,
-                    value: "/".into(),
-                },
-                headers: vec![],
-                method: None,
-            };
-            let label: Arc<str> = "default".into();
-            rules.push(Rule {
-                stats: self.metrics.route_stats(
-                    Direction::Outbound,
-                    service.clone(),
-                    label.clone(),
-                ),
-                label,
-                matcher: Matcher::compile(&all),
-                backends: vec![self.cluster(svc, port)],
-                split: WeightedRoundRobin::new(&[1]),
-                timeout: None,
-            });
-        }
-        RouteTable { service, rules }
-    }
-}
-
-#[cfg(test)]
-mod tests;

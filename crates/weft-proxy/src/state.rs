@@ -1,10 +1,10 @@
 //! What every connection task shares: the current config snapshot, metrics,
 //! the local app and settings. Read on every request; written only by the
-//! reloader (the snapshot, atomically).
+//! config source (the snapshot, atomically).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,14 +37,40 @@ pub struct Shared {
     pub inbound_stats: RouteStats,
     /// `name.namespace` of the service this sidecar runs beside.
     pub local_service: Arc<str>,
+    /// `--app`; without it, the app of the config's inbound listener.
     pub app: Option<App>,
     pub registry: EndpointRegistry,
     pub limits: Limits,
     /// Set once SIGTERM (or shutdown) started: `/ready` turns 503.
     pub draining: AtomicBool,
+    /// The config generation whose listeners (VIPs, a config-driven
+    /// inbound) are bound: `/ready` waits for the first.
+    pub listeners_generation: AtomicU64,
     /// Listener address -> bound, or why binding failed (VIPs come and go
     /// with config; a VIP that cannot be bound must be visible).
     pub listeners: Mutex<BTreeMap<String, Result<SocketAddr, String>>>,
     /// Why the newest config on disk was rejected, while it is.
     pub last_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Makes `snapshot` the one new requests use, and lets endpoint pools
+    /// nothing uses any more go (those still in use stay warm).
+    pub fn publish(&self, snapshot: Snapshot) {
+        let generation = snapshot.generation;
+        self.snapshot.store(Arc::new(snapshot));
+        self.registry.retain_used();
+        self.metrics.config_generation.set(generation as i64);
+        if generation > 1 {
+            self.metrics.config_reloads.inc();
+        }
+    }
+
+    /// The local app: `--app`, else the config's.
+    pub fn app_addr(&self) -> Option<SocketAddr> {
+        match &self.app {
+            Some(app) => Some(app.addr),
+            None => self.snapshot.load().inbound.as_ref().map(|a| a.addr),
+        }
+    }
 }

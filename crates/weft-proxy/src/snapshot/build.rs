@@ -1,0 +1,354 @@
+//! xDS resources -> [`Snapshot`]: each resource is parsed once per version
+//! into a plan (checked: anything weft cannot honour is an error naming the
+//! resource), then the plans are assembled into route tables, clusters and
+//! listeners. Assembly cannot fail: a reference to a resource that is not
+//! in the set (a cluster that has not arrived) becomes a cluster without
+//! endpoints, whose requests get 503 `no-endpoints`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use prost::Message;
+use weft_policy::balance::WeightedRoundRobin;
+use weft_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
+use weft_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use weft_xds::envoy_types::pb::envoy::config::listener::v3::Listener;
+use weft_xds::envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use weft_xds::{Resource, ResourceSet, TypeUrl};
+
+use super::cluster::{
+    ClusterPlan, EndpointSource, EndpointsPlan, parse_cluster, parse_load_assignment,
+};
+use super::listener::{ListenerPlan, Role, RouteSource, Traffic, parse_listener};
+use super::routes::{Domain, RoutesPlan, VhostPlan, parse_route_config, strip_port};
+use super::{BuildOptions, Cluster, HostRoutes, Snapshot, VipTarget};
+use crate::metrics::{Direction, ProxyMetrics};
+use crate::route::{RouteTable, Rule};
+use crate::state::App;
+use crate::upstream::EndpointRegistry;
+
+/// A resource weft cannot apply, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} {name:?}: {problem}", kind_name(*.type_url))]
+pub struct BuildError {
+    pub type_url: TypeUrl,
+    pub name: String,
+    pub problem: String,
+}
+
+fn kind_name(t: TypeUrl) -> &'static str {
+    match t {
+        TypeUrl::Listener => "Listener",
+        TypeUrl::RouteConfiguration => "RouteConfiguration",
+        TypeUrl::Cluster => "Cluster",
+        TypeUrl::ClusterLoadAssignment => "ClusterLoadAssignment",
+    }
+}
+
+#[derive(Clone)]
+enum Plan {
+    Listener(ListenerPlan),
+    Routes(RoutesPlan),
+    Cluster(ClusterPlan),
+    Endpoints(EndpointsPlan),
+}
+
+struct Parsed {
+    resource: Arc<Resource>,
+    plan: Plan,
+}
+
+/// Makes snapshots from xDS resource sets, remembering each resource's
+/// parsed form so an update re-parses only what changed (an endpoint change
+/// re-parses one assignment, not every route's regexes).
+pub struct SnapshotBuilder {
+    opts: BuildOptions,
+    parsed: HashMap<(TypeUrl, String), Parsed>,
+}
+
+impl SnapshotBuilder {
+    pub fn new(opts: BuildOptions) -> Self {
+        Self {
+            opts,
+            parsed: HashMap::new(),
+        }
+    }
+
+    pub fn options(&self) -> &BuildOptions {
+        &self.opts
+    }
+
+    /// Whether weft can apply `resource` on its own (decodes, and uses only
+    /// what weft implements). References to other resources are not checked.
+    pub fn check(&mut self, resource: &Arc<Resource>) -> Result<(), BuildError> {
+        self.parse(resource).map(|_| ())
+    }
+
+    /// The snapshot for `set`; an error names the first resource that
+    /// cannot be applied.
+    pub fn build(
+        &mut self,
+        set: &ResourceSet,
+        generation: u64,
+        registry: &EndpointRegistry,
+        metrics: &ProxyMetrics,
+    ) -> Result<Snapshot, BuildError> {
+        for t in TypeUrl::ALL {
+            for r in set.of(t) {
+                self.parse(r)?;
+            }
+        }
+        self.parsed
+            .retain(|(t, name), p| set.get(*t, name).is_some_and(|r| same(r, &p.resource)));
+        let mut assembly = Assembly {
+            plans: &self.parsed,
+            opts: &self.opts,
+            registry,
+            metrics,
+            clusters: HashMap::new(),
+        };
+        let mut snapshot = Snapshot::empty();
+        snapshot.generation = generation;
+        snapshot.resources = set.clone();
+        for r in set.of(TypeUrl::Listener) {
+            if let Some(Plan::Listener(l)) = assembly.plan(TypeUrl::Listener, &r.name) {
+                assembly.listener(l, &mut snapshot);
+            }
+        }
+        Ok(snapshot)
+    }
+
+    fn parse(&mut self, r: &Arc<Resource>) -> Result<&Plan, BuildError> {
+        let key = (r.type_url, r.name.clone());
+        let fresh = self.parsed.get(&key).is_none_or(|p| !same(&p.resource, r));
+        if fresh {
+            let plan = parse_resource(r).map_err(|problem| BuildError {
+                type_url: r.type_url,
+                name: r.name.clone(),
+                problem,
+            })?;
+            self.parsed.insert(
+                key.clone(),
+                Parsed {
+                    resource: r.clone(),
+                    plan,
+                },
+            );
+        }
+        Ok(&self.parsed[&key].plan)
+    }
+}
+
+fn same(a: &Arc<Resource>, b: &Arc<Resource>) -> bool {
+    Arc::ptr_eq(a, b) || (a.version == b.version && a.body == b.body)
+}
+
+fn parse_resource(r: &Resource) -> Result<Plan, String> {
+    if r.body.type_url != r.type_url.as_str() {
+        return Err(format!(
+            "carries a {} where a {} belongs",
+            r.body.type_url,
+            r.type_url.as_str()
+        ));
+    }
+    let bytes = r.body.value.as_slice();
+    let undecodable = |e: prost::DecodeError| format!("cannot decode: {e}");
+    let named = |name: &str| {
+        if name == r.name {
+            Ok(())
+        } else {
+            Err(format!("the resource inside is named {name:?}"))
+        }
+    };
+    match r.type_url {
+        TypeUrl::Listener => {
+            let l = Listener::decode(bytes).map_err(undecodable)?;
+            named(&l.name)?;
+            parse_listener(&l).map(Plan::Listener)
+        }
+        TypeUrl::RouteConfiguration => {
+            let rc = RouteConfiguration::decode(bytes).map_err(undecodable)?;
+            named(&rc.name)?;
+            parse_route_config(&rc).map(Plan::Routes)
+        }
+        TypeUrl::Cluster => {
+            let c = PbCluster::decode(bytes).map_err(undecodable)?;
+            named(&c.name)?;
+            parse_cluster(&c).map(Plan::Cluster)
+        }
+        TypeUrl::ClusterLoadAssignment => {
+            let cla = ClusterLoadAssignment::decode(bytes).map_err(undecodable)?;
+            named(&cla.cluster_name)?;
+            parse_load_assignment(&cla).map(Plan::Endpoints)
+        }
+    }
+}
+
+/// One snapshot being put together from parsed plans.
+struct Assembly<'a> {
+    plans: &'a HashMap<(TypeUrl, String), Parsed>,
+    opts: &'a BuildOptions,
+    registry: &'a EndpointRegistry,
+    metrics: &'a ProxyMetrics,
+    /// One runtime cluster per name, shared by every route and listener.
+    clusters: HashMap<String, Arc<Cluster>>,
+}
+
+impl<'a> Assembly<'a> {
+    fn plan(&self, t: TypeUrl, name: &str) -> Option<&'a Plan> {
+        self.plans.get(&(t, name.to_string())).map(|p| &p.plan)
+    }
+
+    fn routes(&self, source: &'a RouteSource) -> Option<&'a RoutesPlan> {
+        match source {
+            RouteSource::Inline(plan) => Some(plan),
+            RouteSource::Rds(name) => match self.plan(TypeUrl::RouteConfiguration, name) {
+                Some(Plan::Routes(plan)) => Some(plan),
+                _ => None,
+            },
+        }
+    }
+
+    fn listener(&mut self, l: &'a ListenerPlan, snapshot: &mut Snapshot) {
+        match (l.role, &l.traffic) {
+            (Role::Outbound, Traffic::Http(source)) => {
+                for vh in self.routes(source).map_or(&[][..], |r| &r.vhosts) {
+                    let table = self.table(vh);
+                    for d in &vh.domains {
+                        match d {
+                            Domain::Any => snapshot.any_host = Some(table.clone()),
+                            Domain::Host(host, port) => {
+                                let entry: &mut HostRoutes =
+                                    snapshot.hosts.entry(host.clone()).or_default();
+                                match port {
+                                    None => entry.portless = Some(table.clone()),
+                                    Some(p) => entry.ports.push((*p, table.clone())),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            // Rejected when parsed.
+            (Role::Outbound, Traffic::Tcp(_)) => {}
+            (Role::Vip(addr), Traffic::Http(source)) => {
+                // A VIP takes every host: its `*` virtual host, else the first.
+                let vhosts = self.routes(source).map_or(&[][..], |r| &r.vhosts);
+                let vh = vhosts
+                    .iter()
+                    .find(|v| v.domains.contains(&Domain::Any))
+                    .or(vhosts.first());
+                if let Some(vh) = vh {
+                    let table = self.table(vh);
+                    snapshot.vips.insert(addr, VipTarget::Http(table));
+                }
+            }
+            (Role::Vip(addr), Traffic::Tcp(cluster)) => {
+                let cluster = self.cluster(cluster);
+                snapshot.vips.insert(addr, VipTarget::Tcp(cluster));
+            }
+            (Role::Inbound, traffic) => {
+                snapshot.inbound = self.app(traffic).map(|addr| App {
+                    addr,
+                    h1: self.registry.get(addr, false, self.opts.connect_timeout),
+                    h2: self.registry.get(addr, true, self.opts.connect_timeout),
+                });
+            }
+        }
+    }
+
+    /// The local app: the first endpoint of the inbound listener's cluster.
+    fn app(&self, traffic: &'a Traffic) -> Option<std::net::SocketAddr> {
+        let cluster = match traffic {
+            Traffic::Tcp(c) => c.as_str(),
+            Traffic::Http(source) => self.routes(source)?.clusters().next()?,
+        };
+        let Some(Plan::Cluster(plan)) = self.plan(TypeUrl::Cluster, cluster) else {
+            return None;
+        };
+        self.endpoints(plan)
+            .endpoints
+            .first()
+            .map(|(addr, _)| *addr)
+    }
+
+    fn endpoints(&self, plan: &'a ClusterPlan) -> &'a EndpointsPlan {
+        static NONE: EndpointsPlan = EndpointsPlan {
+            endpoints: Vec::new(),
+        };
+        match &plan.endpoints {
+            EndpointSource::Static(e) => e,
+            EndpointSource::Eds(name) => match self.plan(TypeUrl::ClusterLoadAssignment, name) {
+                Some(Plan::Endpoints(e)) => e,
+                _ => &NONE,
+            },
+        }
+    }
+
+    fn table(&mut self, vh: &VhostPlan) -> Arc<RouteTable> {
+        let rules = vh
+            .rules
+            .iter()
+            .map(|r| {
+                let backends: Vec<Arc<Cluster>> =
+                    r.backends.iter().map(|(c, _)| self.cluster(c)).collect();
+                let weights: Vec<u32> = r.backends.iter().map(|(_, w)| *w).collect();
+                Rule {
+                    label: r.label.clone(),
+                    matcher: r.matcher.clone(),
+                    backends,
+                    split: WeightedRoundRobin::new(&weights),
+                    timeout: r.timeout,
+                    stats: self.metrics.route_stats(
+                        Direction::Outbound,
+                        vh.service.clone(),
+                        r.label.clone(),
+                    ),
+                }
+            })
+            .collect();
+        Arc::new(RouteTable {
+            service: vh.service.clone(),
+            rules,
+        })
+    }
+
+    fn cluster(&mut self, name: &str) -> Arc<Cluster> {
+        if let Some(c) = self.clusters.get(name) {
+            return c.clone();
+        }
+        let (label, http2, endpoints) = match self.plan(TypeUrl::Cluster, name) {
+            Some(Plan::Cluster(plan)) => (
+                plan.label.as_str(),
+                plan.http2,
+                self.endpoints(plan).endpoints.as_slice(),
+            ),
+            _ => (strip_port(name), false, &[][..]),
+        };
+        let label: Arc<str> = label.into();
+        let clients: Vec<_> = endpoints
+            .iter()
+            .map(|(addr, _)| self.registry.get(*addr, http2, self.opts.connect_timeout))
+            .collect();
+        let weights: Vec<u32> = endpoints.iter().map(|(_, w)| *w).collect();
+        let endpoint_requests = clients
+            .iter()
+            .map(|e| {
+                self.metrics
+                    .endpoint_counter(label.clone(), e.label.clone())
+            })
+            .collect();
+        // Start each cluster at a different point of its cycle so that many
+        // sidecars with the same config spread their first requests.
+        let offset = std::process::id() as usize;
+        let c = Arc::new(Cluster {
+            label,
+            http2,
+            endpoints: clients,
+            endpoint_requests,
+            balancer: WeightedRoundRobin::starting_at(&weights, offset),
+        });
+        self.clusters.insert(name.to_string(), c.clone());
+        c
+    }
+}
