@@ -1,7 +1,7 @@
 //! The proxy's admin endpoints (served by `weft-admin`): `/ready` (503 until
-//! the first config's listeners are up, and once draining), `/metrics`, and
-//! `/config_dump` (the config and the xDS resources in use, listeners, the
-//! last rejected change).
+//! the first config, and once draining), `/metrics`, and `/config_dump`
+//! (where the config comes from, the resources in use, listeners, the last
+//! rejected change).
 
 use std::sync::atomic::Ordering;
 
@@ -62,8 +62,10 @@ pub fn config_dump(shared: &Shared) -> String {
         .map(|a| a.addr.to_string());
     let dump = serde_json::json!({
         "service": &*shared.local_service,
+        "source": if shared.xds.is_some() { "xds" } else { "dir" },
         "generation": snap.generation,
         "last_error": *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+        "xds": shared.xds.as_ref().map(|x| x.to_json()),
         "listeners": listeners,
         "app": app,
         "resources": resources,

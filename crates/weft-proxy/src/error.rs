@@ -26,6 +26,9 @@ pub enum ProxyError {
     /// The upstream closed or broke the connection, or sent an invalid response.
     #[error("upstream {endpoint} failed: {reason}")]
     Upstream { endpoint: String, reason: String },
+    /// No config has arrived yet (`--xds`, before the first update).
+    #[error("no config from the control plane yet")]
+    NotConfigured,
     /// The downstream request cannot be forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -36,9 +39,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoints(_) | ProxyError::ConnectFailed { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoints(_)
+            | ProxyError::ConnectFailed { .. }
+            | ProxyError::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -53,6 +56,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } => "connect-failed",
             ProxyError::Timeout { .. } => "request-timeout",
             ProxyError::Upstream { .. } => "upstream-reset",
+            ProxyError::NotConfigured => "no-config",
             ProxyError::BadRequest(_) => "bad-request",
         }
     }
@@ -62,7 +66,9 @@ impl ProxyError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            ProxyError::ConnectFailed { .. } | ProxyError::NoEndpoints(_)
+            ProxyError::ConnectFailed { .. }
+                | ProxyError::NoEndpoints(_)
+                | ProxyError::NotConfigured
         )
     }
 

@@ -3,8 +3,8 @@
 //! port and metrics.
 //!
 //! Must not depend on control-plane code. Config arrives as xDS resources,
-//! translated in-process from a directory (`--config`) by the same code the
-//! control plane serves sidecars with, and becomes an immutable
+//! from a control plane (`--xds`, [`weft_xds::client`]) or translated
+//! in-process from a directory (`--config`), and becomes an immutable
 //! [`snapshot::Snapshot`] through one builder.
 //!
 //! Request paths: [`outbound`] and [`inbound`] each list their stages in order.
@@ -25,6 +25,7 @@ pub mod snapshot;
 pub mod state;
 mod tcp;
 pub mod upstream;
+mod xds;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,17 +38,29 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use weft_xds::client::{ClientOptions, ClientStatus};
+
+/// How the proxy reaches a control plane (`--xds`).
+pub use weft_xds::client::ClientOptions as XdsClientOptions;
 
 use crate::listener::Role;
 use crate::snapshot::{BuildError, BuildOptions, Snapshot, SnapshotBuilder, standalone};
 use crate::state::{App, Limits, Shared};
 use crate::upstream::EndpointRegistry;
 
+/// Where the proxy's config comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// `--config DIR`: YAML files, watched for changes.
+    Dir(PathBuf),
+    /// `--xds ADDR`: a control plane over delta ADS.
+    Xds(ClientOptions),
+}
+
 /// Everything `weft proxy` is told on its command line.
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
-    /// Directory of config YAML files, watched for changes.
-    pub config_dir: PathBuf,
+    pub source: ConfigSource,
     /// The Service this sidecar runs beside: `name` or `name.namespace`.
     pub service: String,
     pub outbound: SocketAddr,
@@ -66,11 +79,21 @@ pub struct ProxyOptions {
 }
 
 impl ProxyOptions {
-    /// Defaults for everything but the config directory and service.
+    /// Standalone (`--config DIR`), defaults for everything else.
     pub fn new(config_dir: impl Into<PathBuf>, service: impl Into<String>) -> Self {
+        Self::with_source(ConfigSource::Dir(config_dir.into()), service.into())
+    }
+
+    /// From a control plane; the Service is the node's cluster.
+    pub fn xds(client: ClientOptions) -> Self {
+        let service = client.cluster.clone();
+        Self::with_source(ConfigSource::Xds(client), service)
+    }
+
+    fn with_source(source: ConfigSource, service: String) -> Self {
         Self {
-            config_dir: config_dir.into(),
-            service: service.into(),
+            source,
+            service,
             outbound: ([127, 0, 0, 1], 15001).into(),
             inbound: ([127, 0, 0, 1], 15006).into(),
             app: None,
@@ -124,14 +147,16 @@ fn qualified(service: &str) -> String {
     }
 }
 
-/// Loads the config, binds every listener and starts serving.
+/// Loads the config (or starts the xDS client), binds every listener and
+/// starts serving. In `--xds` mode `/ready` answers 503 until the first
+/// config arrived.
 pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
-    let metrics = metrics::ProxyMetrics::new();
+    let mut metrics = metrics::ProxyMetrics::new();
     let registry = EndpointRegistry::default();
     let mut builder = SnapshotBuilder::new(BuildOptions {
         connect_timeout: opts.connect_timeout,
     });
-    let snapshot = first_snapshot(&opts, &mut builder, &registry, &metrics)?;
+    let (snapshot, xds) = first_snapshot(&opts, &mut builder, &registry, &mut metrics)?;
     let local_service: Arc<str> = qualified(&opts.service).into();
     let app = opts.app.map(|addr| App {
         addr,
@@ -168,6 +193,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         listeners_generation: Default::default(),
         listeners: Default::default(),
         last_error: Default::default(),
+        xds,
     });
     shared.metrics.config_generation.set(generation as i64);
 
@@ -225,14 +251,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             stop_rx.clone(),
             opts.drain_timeout,
         )),
-        tokio::spawn(reload::watch_dir(
-            opts.config_dir.clone(),
-            opts.reload_interval,
-            builder,
-            shared.clone(),
-            published,
-            stop_rx,
-        )),
+        follow_config(&opts, builder, &shared, published, stop_rx),
     ];
     tracing::info!(%outbound, ?inbound, %admin, service = %shared.local_service, "proxy started");
     Ok(RunningProxy {
@@ -246,28 +265,62 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     })
 }
 
-/// The directory's config as generation 1.
+/// `--config`: the directory's config as generation 1. `--xds`: nothing
+/// yet (generation 0), and the client's status, its metrics registered.
 fn first_snapshot(
     opts: &ProxyOptions,
     builder: &mut SnapshotBuilder,
     registry: &EndpointRegistry,
-    metrics: &metrics::ProxyMetrics,
-) -> Result<Snapshot, StartError> {
-    let config = weft_model::load_dir(&opts.config_dir)?;
-    let qualified = qualified(&opts.service);
-    let (name, namespace) = qualified.split_once('.').unwrap_or_default();
-    if config.service(namespace, name).is_none() {
-        tracing::warn!(service = %opts.service, "the local service is not in the config; outbound still works");
+    metrics: &mut metrics::ProxyMetrics,
+) -> Result<(Snapshot, Option<Arc<ClientStatus>>), StartError> {
+    match &opts.source {
+        ConfigSource::Dir(dir) => {
+            let config = weft_model::load_dir(dir)?;
+            let qualified = qualified(&opts.service);
+            let (name, namespace) = qualified.split_once('.').unwrap_or_default();
+            if config.service(namespace, name).is_none() {
+                tracing::warn!(service = %opts.service, "the local service is not in the config; outbound still works");
+            }
+            let config = Arc::new(config);
+            let snapshot = standalone::build(builder, config, &opts.service, 1, registry, metrics)?;
+            Ok((snapshot, None))
+        }
+        ConfigSource::Xds(client) => {
+            let status = Arc::new(ClientStatus::new(client));
+            status.register_metrics(&mut metrics.registry);
+            Ok((Snapshot::empty(), Some(status)))
+        }
     }
-    let config = Arc::new(config);
-    Ok(standalone::build(
-        builder,
-        config,
-        &opts.service,
-        1,
-        registry,
-        metrics,
-    )?)
+}
+
+/// The task that keeps the snapshot current: the directory watcher, or the
+/// xDS client.
+fn follow_config(
+    opts: &ProxyOptions,
+    builder: SnapshotBuilder,
+    shared: &Arc<Shared>,
+    published: watch::Sender<u64>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    match &opts.source {
+        ConfigSource::Dir(dir) => tokio::spawn(reload::watch_dir(
+            dir.clone(),
+            opts.reload_interval,
+            builder,
+            shared.clone(),
+            published,
+            stop,
+        )),
+        ConfigSource::Xds(client) => {
+            let status = shared.xds.clone().expect("xDS mode has a client status");
+            let sink = xds::XdsSink {
+                builder,
+                shared: shared.clone(),
+                published,
+            };
+            tokio::spawn(weft_xds::client::run(client.clone(), sink, status, stop))
+        }
+    }
 }
 
 /// A listener that comes and goes with the config.

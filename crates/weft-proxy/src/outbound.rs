@@ -56,8 +56,12 @@ pub async fn handle(
         },
     };
     let Some(table) = table else {
-        let host = request_authority(&req).unwrap_or("").to_string();
-        let err = ProxyError::NoRoute(format!("no Service for host {host:?}"));
+        let err = if snapshot.generation == 0 {
+            ProxyError::NotConfigured
+        } else {
+            let host = request_authority(&req).unwrap_or("").to_string();
+            ProxyError::NoRoute(format!("no Service for host {host:?}"))
+        };
         return Ok(shared.answer_error(
             Direction::Outbound,
             UNKNOWN.into(),

@@ -51,6 +51,8 @@ pub struct Shared {
     pub listeners: Mutex<BTreeMap<String, Result<SocketAddr, String>>>,
     /// Why the newest config on disk was rejected, while it is.
     pub last_error: Mutex<Option<String>>,
+    /// The control plane connection, in `--xds` mode.
+    pub xds: Option<Arc<weft_xds::client::ClientStatus>>,
 }
 
 impl Shared {

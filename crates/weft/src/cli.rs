@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// weft: a service mesh with governance built in.
 #[derive(Debug, Parser)]
@@ -26,7 +26,8 @@ pub enum Command {
     /// Run the control plane: serve the config directory over xDS v3 (ADS,
     /// state-of-the-world and delta) to weft proxies, Envoy and gRPC clients.
     Control(ControlArgs),
-    /// Run a sidecar proxy for one Service (outbound + inbound listeners).
+    /// Run a sidecar proxy for one Service (outbound + inbound listeners),
+    /// configured from a directory (--config) or a control plane (--xds).
     Proxy(ProxyArgs),
     /// Check a config directory; print every problem and exit 1 if any.
     Validate(ValidateArgs),
@@ -113,14 +114,29 @@ pub fn duration(s: &str) -> Result<Duration, String> {
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["config", "xds"])))]
 pub struct ProxyArgs {
-    /// Directory of config YAML files (every *.yaml / *.yml); watched for changes.
+    /// Standalone: a directory of config YAML files (every *.yaml / *.yml),
+    /// watched for changes and translated in-process exactly as `weft
+    /// control` would serve it.
     #[arg(long, value_name = "DIR")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Take everything from a control plane: its ADS address (HOST:PORT,
+    /// plaintext gRPC, delta xDS). Keeps serving the last config while the
+    /// control plane is unreachable.
+    #[arg(long, value_name = "ADDR", requires = "node_id")]
+    pub xds: Option<String>,
+    /// With --xds: this instance's node id.
+    #[arg(long, value_name = "ID", requires = "xds")]
+    pub node_id: Option<String>,
+    /// With --xds: the node's cluster, the Service this sidecar runs beside
+    /// (`name` or `name.namespace`). Default: --service.
+    #[arg(long, value_name = "NAME", requires = "xds")]
+    pub cluster: Option<String>,
     /// The Service this sidecar runs beside: `name` or `name.namespace`.
     /// Bare host names resolve in its namespace.
-    #[arg(long, value_name = "NAME")]
-    pub service: String,
+    #[arg(long, value_name = "NAME", required_unless_present = "cluster")]
+    pub service: Option<String>,
     /// Outbound HTTP listener: the local app sends requests here, with the
     /// target Service as Host (`catalog`, `catalog.ns`, `catalog.ns.svc.cluster.local`, with or without `:port`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15001")]
@@ -128,7 +144,9 @@ pub struct ProxyArgs {
     /// Inbound listener in front of the local app (HTTP/1.1, h2c and opaque TCP detected).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15006")]
     pub inbound: SocketAddr,
-    /// The local app's address. Without it, no inbound listener is started.
+    /// The local app's address. Without it, the app is the one the config's
+    /// inbound listener names (`127.0.0.1:<the Service's port>`), and there
+    /// is no inbound listener while the config has none.
     #[arg(long, value_name = "ADDR")]
     pub app: Option<SocketAddr>,
     /// Admin listener: /ready, /live, /metrics, /config_dump.
@@ -155,7 +173,7 @@ pub struct ProxyArgs {
     /// On SIGTERM: how long in-flight requests may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub drain_timeout: Duration,
-    /// How often the config directory is checked for changes.
+    /// How often the config directory (--config) is checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = duration)]
     pub reload_interval: Duration,
 }
@@ -274,7 +292,24 @@ async fn control(a: ControlArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let mut opts = weft_proxy::ProxyOptions::new(a.config, a.service);
+    // clap guarantees: one of --config / --xds; --service or --cluster;
+    // --node-id with --xds.
+    let mut opts = match (a.config, a.xds) {
+        (Some(dir), _) => {
+            weft_proxy::ProxyOptions::new(dir, a.service.context("--service is required")?)
+        }
+        (None, Some(server)) => {
+            let node_id = a.node_id.context("--node-id is required with --xds")?;
+            let cluster = a
+                .cluster
+                .or(a.service)
+                .context("--cluster (or --service) is required with --xds")?;
+            weft_proxy::ProxyOptions::xds(weft_proxy::XdsClientOptions::new(
+                server, node_id, cluster,
+            ))
+        }
+        (None, None) => anyhow::bail!("one of --config and --xds is required"),
+    };
     opts.outbound = a.outbound;
     opts.inbound = a.inbound;
     opts.app = a.app;
