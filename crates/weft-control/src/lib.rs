@@ -141,6 +141,15 @@ impl RunningControl {
         &self.control.cache
     }
 
+    /// Why the newest config on disk was rejected, while it is.
+    pub fn last_error(&self) -> Option<String> {
+        self.control
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Stops serving: `/ready` turns 503, streams are closed (clients keep
     /// their last config and reconnect elsewhere or later).
     pub async fn shutdown(self) {

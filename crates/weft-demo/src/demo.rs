@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use weft_proxy::snapshot::Snapshot;
 
 use mesh::{ConfigDir, Mesh, PODS};
 use scrape::MeshCounters;
@@ -259,8 +258,9 @@ struct Moment {
 impl Moment {
     fn take(mesh: &Mesh, traffic: TrafficCounters) -> Moment {
         let mut counters = MeshCounters::default();
-        let mut config_error = None;
-        let mut newest = None;
+        // A rejected edit shows up at the control plane; a sidecar's own
+        // error (a NACK) only if the control plane has none.
+        let mut config_error = mesh.control.last_error();
         for pod in &mesh.pods {
             let sidecar = pod.sidecar();
             counters.add_exposition(&sidecar.metrics.encode());
@@ -270,17 +270,9 @@ impl Moment {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             config_error = config_error.or(error);
-            let snapshot = sidecar.snapshot.load_full();
-            if newest
-                .as_ref()
-                .is_none_or(|n: &Arc<Snapshot>| n.generation < snapshot.generation)
-            {
-                newest = Some(snapshot);
-            }
         }
-        let groups = newest
-            .and_then(|s| s.source.clone())
-            .map_or_else(Vec::new, |config| view::split_groups(&config));
+        // The weights shown are those the control plane serves now.
+        let groups = view::split_groups(&mesh.control.cache().config());
         Moment {
             at: Instant::now(),
             mesh: counters,

@@ -1,5 +1,7 @@
-//! The demo mesh: five pods on loopback, each a sample app with a sidecar,
-//! wired by the bundled example config.
+//! The demo mesh: a control plane and five pods on loopback, each a sample
+//! app with a sidecar that takes its config from the control plane over delta
+//! ADS. The control plane serves the bundled example config (and follows
+//! edits to it).
 //!
 //! Each pod has its own loopback address (`127.<base>.<tier>.<n>`; Linux
 //! routes all of 127.0.0.0/8 to `lo`), so every pod uses the same well-known
@@ -136,8 +138,10 @@ impl PodSpec {
         })
     }
 
-    fn proxy_options(&self, ip_base: u8, config_dir: &Path) -> ProxyOptions {
-        let mut opts = ProxyOptions::new(config_dir, self.service);
+    fn proxy_options(&self, ip_base: u8, xds: SocketAddr) -> ProxyOptions {
+        let node_id = format!("{}-{}", self.name, self.ip(ip_base));
+        let client = weft_xds::client::ClientOptions::new(xds.to_string(), node_id, self.service);
+        let mut opts = ProxyOptions::xds(client);
         opts.outbound = self.addr(ip_base, OUTBOUND_PORT);
         opts.inbound = self.addr(ip_base, INBOUND_PORT);
         opts.app = Some(self.addr(ip_base, APP_PORT));
@@ -154,9 +158,9 @@ pub(crate) struct Pod {
 }
 
 impl Pod {
-    async fn start(spec: PodSpec, ip_base: u8, config_dir: &Path) -> anyhow::Result<Pod> {
+    async fn start(spec: PodSpec, ip_base: u8, xds: SocketAddr) -> anyhow::Result<Pod> {
         let app = app::start(spec.app_config(ip_base)?).await?;
-        match weft_proxy::start(spec.proxy_options(ip_base, config_dir)).await {
+        match weft_proxy::start(spec.proxy_options(ip_base, xds)).await {
             Ok(proxy) => Ok(Pod { app, proxy }),
             Err(e) => {
                 app.shutdown().await;
@@ -176,8 +180,14 @@ impl Pod {
     }
 }
 
-/// Every pod of the running demo.
+/// The control plane's address on the demo's loopback range: 127.<base>.0.3.
+fn control_ip(ip_base: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, ip_base, 0, 3)
+}
+
+/// Every pod of the running demo, and the control plane they follow.
 pub(crate) struct Mesh {
+    pub(crate) control: weft_control::RunningControl,
     pub(crate) pods: Vec<Pod>,
     /// The frontend sidecar's inbound listener, where traffic enters.
     pub(crate) entry: SocketAddr,
@@ -187,12 +197,26 @@ impl Mesh {
     /// Starts every pod reading `config_dir`. On failure, the pods already
     /// started are stopped again.
     pub(crate) async fn start(config_dir: &Path, ip_base: u8) -> anyhow::Result<Mesh> {
+        let mut opts = weft_control::ControlOptions::new(config_dir);
+        opts.xds = SocketAddr::from((control_ip(ip_base), 15010));
+        opts.admin = SocketAddr::from((control_ip(ip_base), 15011));
+        let control = weft_control::start(opts)
+            .await
+            .map_err(anyhow::Error::new)
+            .with_context(|| {
+                format!(
+                    "starting the control plane at {} (is another `weft demo` running?)",
+                    control_ip(ip_base)
+                )
+            })?;
+        let xds = control.xds_addr();
         let mut pods: Vec<Pod> = Vec::with_capacity(PODS.len());
         for spec in PODS {
-            match Pod::start(spec, ip_base, config_dir).await {
+            match Pod::start(spec, ip_base, xds).await {
                 Ok(pod) => pods.push(pod),
                 Err(e) => {
                     shutdown_all(pods).await;
+                    control.shutdown().await;
                     return Err(e.context(format!(
                         "starting pod {} at {} (is another `weft demo` running?)",
                         spec.name,
@@ -201,13 +225,28 @@ impl Mesh {
                 }
             }
         }
+        // Traffic starts once every sidecar has its first config from the
+        // control plane (bounded: a sidecar still waiting answers 503).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pods
+            .iter()
+            .any(|p| p.sidecar().snapshot.load().generation == 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let entry = PODS[0].addr(ip_base, INBOUND_PORT);
-        Ok(Mesh { pods, entry })
+        Ok(Mesh {
+            control,
+            pods,
+            entry,
+        })
     }
 
-    /// Stops every pod gracefully, all at once.
+    /// Stops every pod gracefully, all at once, then the control plane.
     pub(crate) async fn shutdown(self) {
         shutdown_all(self.pods).await;
+        self.control.shutdown().await;
     }
 }
 
