@@ -3,17 +3,22 @@
 //! group: one translation and one watch channel per group, not per node.
 //! On a config change each group is translated once (per-Service pieces are
 //! memoized across groups by the translator) and a group's watchers are woken
-//! only if its set actually changed: push cost follows what changed.
+//! only if its set actually changed: push cost follows what changed. When
+//! only endpoints changed (the most frequent change by far), only the groups
+//! with a changed Service in scope are translated at all.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::watch;
-use weft_model::Config;
+use weft_model::{Config, Service};
 use weft_xds::server::SnapshotSource;
-use weft_xds::translate::{TranslateOptions, Translator};
+use weft_xds::translate::{TranslateOptions, Translator, services_in_scope};
 use weft_xds::{DataPlane, NodeInfo, ResourceSet, TypeUrl};
+
+#[cfg(test)]
+mod tests;
 
 type GroupKey = (DataPlane, String);
 
@@ -81,14 +86,16 @@ impl SnapshotCache {
         self.lock().translator.resources_for(node)
     }
 
-    /// Publishes a new config: retranslates every group with watchers and
-    /// wakes those whose set changed. Returns `None` when the config is the
-    /// one already served.
+    /// Publishes a new config: retranslates every group with watchers (or,
+    /// when only endpoints changed, every group with such a Service in
+    /// scope) and wakes those whose set changed. Returns `None` when the
+    /// config is the one already served.
     pub fn update(&self, config: Config) -> Option<UpdateStats> {
         let mut st = self.lock();
         if *st.config == config {
             return None;
         }
+        let endpoints_changed = endpoint_only_changes(&st.config, &config);
         let config = Arc::new(config);
         st.translator = st.translator.next(config.clone());
         st.config = config;
@@ -103,14 +110,14 @@ impl SnapshotCache {
             translator, groups, ..
         } = &mut *st;
         for g in groups.values() {
+            if let Some(changed) = &endpoints_changed {
+                let scope = services_in_scope(translator.config(), &g.representative);
+                if !scope.iter().any(|i| changed.binary_search(i).is_ok()) {
+                    continue;
+                }
+            }
             let next = translator.resources_for(&g.representative);
-            let changed = {
-                let current = g.tx.borrow();
-                TypeUrl::ALL
-                    .iter()
-                    .any(|t| current.type_version(*t) != next.type_version(*t))
-            };
-            if changed {
+            if !same_resources(&g.tx.borrow(), &next) {
                 stats.groups_changed += 1;
                 g.tx.send_replace(Arc::new(next));
             }
@@ -118,6 +125,64 @@ impl SnapshotCache {
         *self.published_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Some(stats)
     }
+}
+
+/// When the Services' endpoints are the only difference between two
+/// configs: the indices of the Services whose endpoints changed (sorted).
+/// Then no scope changed, and a node group's set depends only on the
+/// Services in its scope ([`services_in_scope`] is the one place that
+/// decides it) and on the rest of the config, which is the same.
+fn endpoint_only_changes(old: &Config, new: &Config) -> Option<Vec<usize>> {
+    if old.services.len() != new.services.len() {
+        return None;
+    }
+    let without_endpoints = |s: &Service| Service {
+        endpoints: Vec::new(),
+        ..s.clone()
+    };
+    let mut changed = Vec::new();
+    for (i, (a, b)) in old.services.iter().zip(&new.services).enumerate() {
+        if a == b {
+            continue;
+        }
+        if without_endpoints(a) != without_endpoints(b) {
+            return None;
+        }
+        changed.push(i);
+    }
+    // Exhaustive on purpose: a kind of resource added to the model does not
+    // compile here until it is compared.
+    let Config {
+        services: _,
+        gateways,
+        http_routes,
+        grpc_routes,
+        traffic_splits,
+        http_route_groups,
+    } = old;
+    let rest_same = *gateways == new.gateways
+        && *http_routes == new.http_routes
+        && *grpc_routes == new.grpc_routes
+        && *traffic_splits == new.traffic_splits
+        && *http_route_groups == new.http_route_groups;
+    rest_same.then_some(changed)
+}
+
+/// Whether two sets hold the same resources (names and versions). Cheaper
+/// than comparing `type_version`s, which hash every name and version: the
+/// translator shares unchanged resources, so most entries are the same `Arc`.
+fn same_resources(a: &ResourceSet, b: &ResourceSet) -> bool {
+    TypeUrl::ALL.iter().all(|t| {
+        let (mut a, mut b) = (a.of(*t), b.of(*t));
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (Some(x), Some(y))
+                    if x.name == y.name && (Arc::ptr_eq(x, y) || x.version == y.version) => {}
+                _ => return false,
+            }
+        }
+    })
 }
 
 impl SnapshotSource for SnapshotCache {

@@ -102,6 +102,7 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
         draining: Default::default(),
     });
     control.metrics.config_generation.set(1);
+    control.metrics.config_published_at.set(unix_now());
 
     let (stop, stop_rx) = watch::channel(false);
     let ads = AdsServer::new(cache, status).into_service();
@@ -185,11 +186,13 @@ fn reload(control: &Control) {
             *control.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             m.config_last_error.set(0);
             let started = std::time::Instant::now();
+            let started_unix = unix_now();
             if let Some(stats) = control.cache.update(config) {
                 let generation = control.cache.generation();
                 m.config_generation.set(generation as i64);
                 m.config_reloads.inc();
                 m.translate_seconds.observe(started.elapsed().as_secs_f64());
+                m.config_published_at.set(started_unix);
                 tracing::info!(
                     generation,
                     groups_changed = stats.groups_changed,
@@ -208,4 +211,11 @@ fn reload(control: &Control) {
                 Some(errors.to_string());
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -1,6 +1,8 @@
 //! The control plane's own metrics; the ADS server adds its stream and push
 //! counters (`weft_xds_*`) when `/metrics` is rendered.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -12,6 +14,11 @@ pub struct ControlMetrics {
     pub config_reloads: Counter,
     pub config_errors: Counter,
     pub config_last_error: Gauge,
+    /// When the newest generation started its push (Unix seconds): the
+    /// validated config was handed to the snapshot cache. Splits a config
+    /// change's latency into noticing + loading (before) and translation +
+    /// push + ACK (after).
+    pub config_published_at: Gauge<f64, AtomicU64>,
     pub translate_seconds: Histogram,
 }
 
@@ -42,6 +49,12 @@ impl ControlMetrics {
             "1 while the newest config on disk is rejected",
             config_last_error.clone(),
         );
+        let config_published_at = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "config_last_publish_timestamp_seconds",
+            "When the newest config generation, validated, started its push (Unix time)",
+            config_published_at.clone(),
+        );
         let translate_seconds =
             Histogram::new([0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]);
         registry.register(
@@ -55,6 +68,7 @@ impl ControlMetrics {
             config_reloads,
             config_errors,
             config_last_error,
+            config_published_at,
             translate_seconds,
         }
     }
