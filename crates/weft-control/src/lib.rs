@@ -158,8 +158,16 @@ impl RunningControl {
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.stop.send_replace(true);
-        for t in self.tasks {
-            let _ = t.await;
+        // ADS streams are long-lived: tonic's graceful shutdown would wait
+        // for every client to hang up. Give them a moment, then cut them
+        // (clients keep their last config and reconnect with backoff).
+        for mut t in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(2), &mut t)
+                .await
+                .is_err()
+            {
+                t.abort();
+            }
         }
         tracing::info!("control plane stopped");
     }

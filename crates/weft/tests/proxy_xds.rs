@@ -513,3 +513,111 @@ async fn envoy_as_a_sidecar_between_two_weft_sidecars() {
         assert_eq!(p.metric("weft_xds_client_nacks_sent_total", &[]).await, 0.0);
     }
 }
+
+async fn admin_text(admin: SocketAddr, path: &str) -> String {
+    HttpClient::http1()
+        .get(admin, "admin", path)
+        .await
+        .unwrap()
+        .text()
+}
+
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_bad_change_at_the_control_plane_keeps_the_last_good_config_everywhere() {
+    let good = app("good", &[]).await;
+    let next = app("next", &[]).await;
+    let dir = config_dir(&[(
+        "svc.yaml",
+        &service("catalog", "http", &[(good.addr, 1)], None),
+    )]);
+    let xds = fresh_addr();
+    let mut cp = control_at(dir.path(), xds, &[]).await;
+    let p = xds_proxy(xds, "frontend-1", "frontend", None, None).await;
+    assert_eq!(
+        app_counts(p.outbound, "catalog", "/", 10).await.get("good"),
+        Some(&10)
+    );
+
+    // An invalid edit: rejected with the named error, never pushed.
+    let bad = service("catalog", "http", &[(next.addr, 1)], None)
+        .replace("protocol: http", "protocol: htp");
+    replace_file(dir.path(), "svc.yaml", &bad);
+    wait_until(
+        "the control plane rejects the change",
+        Duration::from_secs(10),
+        || async {
+            sample(
+                &admin_text(cp.admin, "/metrics").await,
+                "weft_control_config_errors_total",
+            ) >= 1.0
+        },
+    )
+    .await
+    .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_text(cp.admin, "/status").await).unwrap();
+    let err = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("svc.yaml") && err.contains("spec.ports[0].protocol"),
+        "{status}"
+    );
+    assert_eq!(status["generation"], 1);
+    assert!(
+        status.to_string().contains("frontend-1"),
+        "the node is listed: {status}"
+    );
+    // The proxy keeps the last good config and never saw the bad one.
+    assert_eq!(
+        app_counts(p.outbound, "catalog", "/", 50).await.get("good"),
+        Some(&50)
+    );
+    let proxy_metrics = admin_text(p.admin, "/metrics").await;
+    assert_eq!(
+        sample(&proxy_metrics, "weft_xds_client_nacks_sent_total"),
+        0.0,
+        "{proxy_metrics}"
+    );
+
+    // The fix is published and followed.
+    replace_file(
+        dir.path(),
+        "svc.yaml",
+        &service("catalog", "http", &[(next.addr, 1)], None),
+    );
+    wait_until(
+        "the fix reaches the proxy",
+        Duration::from_secs(10),
+        || async {
+            let c = app_counts(p.outbound, "catalog", "/", 5).await;
+            (c.get("next") == Some(&5)).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_text(cp.admin, "/status").await).unwrap();
+    assert_eq!(status["generation"], 2, "{status}");
+    assert!(status["last_error"].is_null(), "{status}");
+
+    // SIGTERM: the control plane exits cleanly; the proxy keeps serving.
+    cp.proc.sigterm();
+    assert!(
+        cp.proc
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .success()
+    );
+    assert_eq!(
+        app_counts(p.outbound, "catalog", "/", 20).await.get("next"),
+        Some(&20)
+    );
+}
