@@ -226,3 +226,51 @@ async fn delta_rejects_a_stream_without_node_and_ignores_unknown_types() {
     assert_eq!(delta_resources(&r), [("l1".into(), version(LDS, "l1", 1))]);
     assert_eq!(h.status.counters().unknown_type_requests, 1);
 }
+
+#[tokio::test]
+async fn garbage_names_are_answered_as_missing_and_the_stream_goes_on() {
+    let h = Harness::start().await;
+    h.source.publish("web", &set(&[(EDS, "c1", 1)]));
+    let garbage = [
+        "",
+        "\u{0}\u{1}",
+        "../../etc/passwd",
+        &"x".repeat(10_000),
+        "c1\n",
+    ];
+    let mut c = h.delta(first(EDS, "web-g", &garbage)).await;
+    let r = c.recv().await;
+    // Nothing by those names exists: nothing is sent but their absence.
+    assert!(delta_resources(&r).is_empty(), "{:?}", delta_resources(&r));
+    for g in garbage.iter().filter(|g| !g.is_empty()) {
+        assert!(
+            r.removed_resources.iter().any(|n| n == g),
+            "{g:?} not reported missing"
+        );
+    }
+    c.ack(&r).await;
+    // The same stream still works for a real name.
+    c.subscribe(EDS, &["c1"], &[]).await;
+    let r = c.recv().await;
+    assert_eq!(delta_resources(&r), [("c1".into(), version(EDS, "c1", 1))]);
+}
+
+#[tokio::test]
+async fn a_client_that_never_acks_still_gets_every_new_version() {
+    let h = Harness::start().await;
+    h.source.publish("web", &set(&[(CDS, "c1", 1)]));
+    let mut c = h.delta(first(CDS, "web-silent", &[])).await;
+    let mut last = c.recv().await;
+    for rev in 2..=5 {
+        h.source.publish("web", &set(&[(CDS, "c1", rev)]));
+        last = c.recv().await;
+        assert_eq!(
+            delta_resources(&last),
+            [("c1".into(), version(CDS, "c1", rev))]
+        );
+    }
+    // Never ACKed: the status says so, and the stream is still served.
+    let s = h.stream("web-silent").expect("stream listed");
+    assert_eq!(s.types[&CDS].acked_version, None, "{s:?}");
+    assert!(!last.nonce.is_empty());
+}
