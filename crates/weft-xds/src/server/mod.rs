@@ -120,6 +120,53 @@ impl<S: SnapshotSource> AggregatedDiscoveryService for AdsServer<S> {
 #[derive(Debug)]
 struct StreamClosed;
 
+/// One ADS stream's protocol (state of the world or delta); [`serve`] runs
+/// the event loop both share.
+trait AdsStream {
+    type Request;
+    fn node_id(&self) -> &str;
+    /// Resolves when the client dropped its response stream.
+    fn sender_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static;
+    async fn on_request(&mut self, req: Self::Request) -> Result<(), StreamClosed>;
+    async fn on_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed>;
+}
+
+/// Handles the first request, then client requests and snapshot changes as
+/// they come, until the client goes away.
+async fn serve<S: AdsStream>(
+    stream: &mut S,
+    first: S::Request,
+    mut requests: Streaming<S::Request>,
+    watch: &mut watch::Receiver<Arc<ResourceSet>>,
+) -> Result<(), StreamClosed> {
+    stream.on_request(first).await?;
+    let mut watching = true;
+    let closed = stream.sender_closed();
+    tokio::pin!(closed);
+    loop {
+        tokio::select! {
+            msg = requests.message() => match msg {
+                Ok(Some(req)) => stream.on_request(req).await?,
+                Ok(None) => return Ok(()),
+                Err(status) => {
+                    tracing::debug!(node = %stream.node_id(), %status, "ADS stream broken");
+                    return Ok(());
+                }
+            },
+            changed = watch.changed(), if watching => match changed {
+                Ok(()) => {
+                    let set = watch.borrow_and_update().clone();
+                    stream.on_set(set).await?;
+                }
+                // The source dropped this node's watch: keep serving the
+                // last set rather than cutting the client off.
+                Err(_) => watching = false,
+            },
+            () = &mut closed => return Ok(()),
+        }
+    }
+}
+
 /// The rejection for a stream whose first request carries no node.
 fn missing_node() -> Status {
     Status::invalid_argument(

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use prost::Message;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::status::{ServerStatus, StreamHandle, Transport};
@@ -50,7 +50,7 @@ pub(super) async fn run<S: SnapshotSource>(
         unknown: UnknownTypes::default(),
         tx,
     };
-    let _ = stream.serve(first, requests, &mut watch).await;
+    let _ = super::serve(&mut stream, first, requests, &mut watch).await;
     tracing::info!(node = %stream.node.id, "ADS stream closed (sotw)");
 }
 
@@ -78,40 +78,7 @@ struct SotwStream {
 }
 
 impl SotwStream {
-    async fn serve(
-        &mut self,
-        first: DiscoveryRequest,
-        mut requests: Streaming<DiscoveryRequest>,
-        watch: &mut watch::Receiver<Arc<ResourceSet>>,
-    ) -> Result<(), StreamClosed> {
-        self.on_request(first).await?;
-        let mut watching = true;
-        let tx = self.tx.clone();
-        loop {
-            tokio::select! {
-                msg = requests.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req).await?,
-                    Ok(None) => return Ok(()),
-                    Err(status) => {
-                        tracing::debug!(node = %self.node.id, %status, "ADS stream broken");
-                        return Ok(());
-                    }
-                },
-                changed = watch.changed(), if watching => match changed {
-                    Ok(()) => {
-                        let set = watch.borrow_and_update().clone();
-                        self.on_set(set).await?;
-                    }
-                    // The source dropped this node's watch: keep serving the
-                    // last set rather than cutting the client off.
-                    Err(_) => watching = false,
-                },
-                _ = tx.closed() => return Ok(()),
-            }
-        }
-    }
-
-    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamClosed> {
+    async fn handle_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamClosed> {
         let Some(t) = TypeUrl::parse(&req.type_url) else {
             self.handle.unknown_type();
             self.unknown.seen(&self.node, &req.type_url);
@@ -167,7 +134,7 @@ impl SotwStream {
         }
     }
 
-    async fn on_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed> {
+    async fn apply_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed> {
         let old = std::mem::replace(&mut self.current, set);
         if Arc::ptr_eq(&old, &self.current) {
             return Ok(());
@@ -240,6 +207,24 @@ fn subscription(
         },
         legacy,
     )
+}
+
+impl super::AdsStream for SotwStream {
+    type Request = DiscoveryRequest;
+
+    fn node_id(&self) -> &str {
+        &self.node.id
+    }
+    fn sender_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let tx = self.tx.clone();
+        async move { tx.closed().await }
+    }
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamClosed> {
+        self.handle_request(req).await
+    }
+    async fn on_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed> {
+        self.apply_set(set).await
+    }
 }
 
 #[cfg(test)]
