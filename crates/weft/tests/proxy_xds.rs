@@ -54,15 +54,7 @@ async fn control_at(dir: &Path, xds: SocketAddr, extra: &[&str]) -> Control {
     args.extend_from_slice(extra);
     release(&[xds, admin]);
     let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft control");
-    wait_until("control plane ready", READY, || async move {
-        let r = HttpClient::http1()
-            .get(admin, "admin", "/ready")
-            .await
-            .ok()?;
-        r.status.is_success().then_some(())
-    })
-    .await
-    .unwrap();
+    wait_ready("control plane ready", admin, READY).await;
     Control { proc, admin }
 }
 
@@ -106,15 +98,7 @@ async fn xds_proxy(
     }
     release(&[outbound, inbound, admin]);
     let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy --xds");
-    wait_until(&format!("proxy {node} ready"), READY, || async move {
-        let r = HttpClient::http1()
-            .get(admin, "admin", "/ready")
-            .await
-            .ok()?;
-        r.status.is_success().then_some(())
-    })
-    .await
-    .unwrap();
+    wait_ready(&format!("proxy {node} ready"), admin, READY).await;
     Proxy {
         proc,
         outbound,

@@ -85,7 +85,18 @@ pub async fn proxy(config: &Path, service: &str, app: Option<SocketAddr>, extra:
     }
     args.extend_from_slice(extra);
     let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy");
-    wait_until(&format!("proxy {service} ready"), READY, || async move {
+    wait_ready(&format!("proxy {service} ready"), admin, READY).await;
+    Proxy {
+        proc,
+        outbound,
+        inbound,
+        admin,
+    }
+}
+
+/// Polls `admin`'s `/ready` until it answers 200 (bounded by `timeout`).
+pub async fn wait_ready(what: &str, admin: SocketAddr, timeout: Duration) {
+    wait_until(what, timeout, || async move {
         let r = HttpClient::http1()
             .get(admin, "admin", "/ready")
             .await
@@ -94,12 +105,6 @@ pub async fn proxy(config: &Path, service: &str, app: Option<SocketAddr>, extra:
     })
     .await
     .unwrap();
-    Proxy {
-        proc,
-        outbound,
-        inbound,
-        admin,
-    }
 }
 
 /// A weft `Service` document.
@@ -214,15 +219,7 @@ pub async fn control_plane(dir: &Path) -> ControlPlane {
         ],
     )
     .expect("spawn weft control");
-    wait_until("control plane ready", READY, || async move {
-        let r = HttpClient::http1()
-            .get(admin, "admin", "/ready")
-            .await
-            .ok()?;
-        r.status.is_success().then_some(())
-    })
-    .await
-    .unwrap();
+    wait_ready("control plane ready", admin, READY).await;
     ControlPlane {
         proc,
         xds,
@@ -310,19 +307,12 @@ static_resources:
         ],
     )
     .expect("spawn envoy");
-    wait_until(
+    wait_ready(
         "envoy ready (config received)",
+        admin,
         Duration::from_secs(30),
-        || async move {
-            let r = HttpClient::http1()
-                .get(admin, "admin", "/ready")
-                .await
-                .ok()?;
-            r.status.is_success().then_some(())
-        },
     )
-    .await
-    .unwrap();
+    .await;
     AdsEnvoy {
         proc,
         admin,
