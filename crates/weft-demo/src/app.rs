@@ -34,6 +34,7 @@ mod fault;
 mod service;
 #[cfg(test)]
 mod tests;
+mod timer;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -79,6 +80,19 @@ pub struct AppConfig {
     pub body_size: usize,
     /// Downstream `GET`s made, in order, for every request.
     pub calls: Vec<Call>,
+    /// A one-time stall: every response that would be sent within the
+    /// window is held until it ends (a GC pause, a failover), to check that
+    /// a load generator sees it.
+    pub stall: Option<Stall>,
+}
+
+/// A window, relative to the app's start, during which no response leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    /// When the stall begins, after the app started.
+    pub after: Duration,
+    /// How long it lasts.
+    pub length: Duration,
 }
 
 impl Default for AppConfig {
@@ -92,6 +106,7 @@ impl Default for AppConfig {
             error_status: 503,
             body_size: 16,
             calls: Vec::new(),
+            stall: None,
         }
     }
 }

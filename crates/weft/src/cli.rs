@@ -35,6 +35,11 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the built-in sample upstream app (used by the demo, tests and benchmarks).
     App(AppArgs),
+    /// Send load at a fixed rate (open loop; latency corrected for coordinated
+    /// omission) over HTTP/1.1, h2c or gRPC, and report latency percentiles.
+    Load(crate::load::LoadArgs),
+    /// Find the highest rate a target sustains within an SLO (e.g. `p99<50ms,errors<0.1%`).
+    Capacity(crate::load::CapacityArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +101,13 @@ pub struct AppArgs {
     /// Worker threads (1 = one thread for everything).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub workers: usize,
+    /// Stall once: this long after start, hold every response for --stall-for
+    /// (a GC pause or failover, to check what a load generator reports).
+    #[arg(long, value_name = "DURATION", value_parser = duration, requires = "stall_for")]
+    pub stall_after: Option<Duration>,
+    /// How long the one-time stall lasts.
+    #[arg(long, value_name = "DURATION", value_parser = duration, requires = "stall_after")]
+    pub stall_for: Option<Duration>,
     /// Admin port with /ready, /live and /metrics (requests, errors). Off by default.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
@@ -235,6 +247,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo(a) => runtime(2)?.block_on(demo(a)),
         Command::App(a) => runtime(a.workers)?.block_on(app(a)),
+        // The load generator runs on its own threads; this runtime only waits.
+        Command::Load(a) => runtime(1)?.block_on(crate::load::load(a)),
+        Command::Capacity(a) => runtime(1)?.block_on(crate::load::capacity(a)),
     }
 }
 
@@ -358,6 +373,10 @@ async fn app(a: AppArgs) -> anyhow::Result<ExitCode> {
         error_status: a.error_status,
         body_size: a.body_size,
         calls: a.calls,
+        stall: a
+            .stall_after
+            .zip(a.stall_for)
+            .map(|(after, length)| weft_demo::app::Stall { after, length }),
     };
     let name = cfg.name.clone();
     let app = weft_demo::app::start(cfg).await?;

@@ -1,6 +1,7 @@
 //! The `weft` binary: clap wiring only. Each subcommand lives in its crate.
 
 mod cli;
+mod load;
 
 use clap::Parser;
 

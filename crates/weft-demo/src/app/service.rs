@@ -34,6 +34,8 @@ pub(super) struct Shared {
     error_body: Bytes,
     faults: Faults,
     downstream: Option<Downstream>,
+    /// Start and end of the one-time stall.
+    stall: Option<(tokio::time::Instant, tokio::time::Instant)>,
     requests: AtomicU64,
     errors: AtomicU64,
 }
@@ -62,6 +64,10 @@ impl Shared {
             },
             downstream: Downstream::new(&cfg.calls)
                 .with_context(|| format!("app {}: calls", cfg.name))?,
+            stall: cfg.stall.map(|s| {
+                let start = tokio::time::Instant::now() + s.after;
+                (start, start + s.length)
+            }),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         })
@@ -117,6 +123,16 @@ impl Shared {
     }
 
     /// The slow path: anything that waits.
+    /// Inside the stall window: wait for its end.
+    async fn hold_during_stall(&self) {
+        if let Some((from, until)) = self.stall {
+            let now = tokio::time::Instant::now();
+            if now >= from && now < until {
+                tokio::time::sleep_until(until).await;
+            }
+        }
+    }
+
     async fn answer_later(
         self: Arc<Self>,
         delay: Duration,
@@ -125,9 +141,10 @@ impl Shared {
         req: Request<Incoming>,
     ) -> Response<AppBody> {
         if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+            super::timer::sleep(delay).await;
         }
         if inject_error {
+            self.hold_during_stall().await;
             return self.injected_error();
         }
         let mut downstream_names = None;
@@ -144,8 +161,9 @@ impl Shared {
             downstream_names = Some(outcome.names);
         }
         if let Route::Delay(wait) = route {
-            tokio::time::sleep(wait).await;
+            super::timer::sleep(wait).await;
         }
+        self.hold_during_stall().await;
         let mut response = self.answer(route, req);
         if let Some(names) = downstream_names {
             response.headers_mut().insert(DOWNSTREAM_HEADER, names);
@@ -254,7 +272,11 @@ impl Service<Request<Incoming>> for AppService {
         let route = Route::of(&req);
 
         // The benchmark's hot path: answered in place, no task, no box.
-        if delay.is_zero() && shared.downstream.is_none() && !matches!(route, Route::Delay(_)) {
+        if delay.is_zero()
+            && shared.downstream.is_none()
+            && shared.stall.is_none()
+            && !matches!(route, Route::Delay(_))
+        {
             let response = if inject_error {
                 shared.injected_error()
             } else {

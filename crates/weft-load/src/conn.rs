@@ -1,0 +1,319 @@
+//! One connection to the target and the requests sent on it.
+//!
+//! hyper's client connection API (no pool, no legacy client): each worker
+//! owns its connection, reconnects when it breaks, and never retries a
+//! request (a load generator that retries hides failures).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HOST, TE};
+use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::grpc;
+use crate::outcome::{ErrorKind, Failure, Outcome};
+use crate::spec::{LoadSpec, Protocol};
+
+/// Everything needed to build the same request again and again.
+#[derive(Debug)]
+pub(crate) struct RequestTemplate {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+    grpc: bool,
+    http2: bool,
+    timeout: Duration,
+    pub(crate) addr: SocketAddr,
+}
+
+impl RequestTemplate {
+    pub(crate) fn new(spec: &LoadSpec, addr: SocketAddr) -> Self {
+        let mut headers = HeaderMap::new();
+        let (method, uri, version, body, grpc, http2) = match &spec.protocol {
+            Protocol::Http1 => {
+                headers.insert(
+                    HOST,
+                    HeaderValue::from_str(&spec.target.authority)
+                        .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+                );
+                let uri: Uri = spec
+                    .target
+                    .path_and_query
+                    .parse()
+                    .unwrap_or_else(|_| Uri::from_static("/"));
+                (
+                    spec.method.clone(),
+                    uri,
+                    Version::HTTP_11,
+                    spec.body.clone(),
+                    false,
+                    false,
+                )
+            }
+            Protocol::Http2 => (
+                spec.method.clone(),
+                absolute(spec, &spec.target.path_and_query),
+                Version::HTTP_2,
+                spec.body.clone(),
+                false,
+                true,
+            ),
+            Protocol::Grpc { method } => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                headers.insert(TE, HeaderValue::from_static("trailers"));
+                if let Ok(v) = HeaderValue::from_str(&grpc::timeout_header(spec.timeout)) {
+                    headers.insert("grpc-timeout", v);
+                }
+                let path = format!("/{}", method.trim_start_matches('/'));
+                (
+                    Method::POST,
+                    absolute(spec, &path),
+                    Version::HTTP_2,
+                    grpc::frame(&spec.body),
+                    true,
+                    true,
+                )
+            }
+        };
+        for (name, value) in &spec.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        RequestTemplate {
+            method,
+            uri,
+            version,
+            headers,
+            body,
+            grpc,
+            http2,
+            timeout: spec.timeout,
+            addr,
+        }
+    }
+
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+
+    pub(crate) fn is_multiplexed(&self) -> bool {
+        self.http2
+    }
+}
+
+fn absolute(spec: &LoadSpec, path: &str) -> Uri {
+    format!("http://{}{}", spec.target.authority, path)
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// An open connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// `None` while an HTTP/1 request is out with the sender.
+    sender: Option<Sender>,
+    driver: JoinHandle<()>,
+}
+
+/// The handle requests are sent with: an HTTP/1 one is lent to one request
+/// at a time and given back; an HTTP/2 one is cloned for every stream.
+#[derive(Debug)]
+pub(crate) enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // A connection given up on (timeout, error) must not linger.
+        self.driver.abort();
+    }
+}
+
+impl Conn {
+    pub(crate) async fn open(t: &RequestTemplate) -> Result<Conn, Failure> {
+        let addr = t.addr.to_string();
+        let stream = match tokio::time::timeout(t.timeout, TcpStream::connect(t.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Failure::connect(&e, &addr)),
+            Err(_) => {
+                return Err(Failure::new(
+                    ErrorKind::ConnectTimeout,
+                    format!("connect to {addr}: no answer within {:?}", t.timeout),
+                ));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let io = TokioIo::new(stream);
+        let handshake = async {
+            if t.http2 {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .initial_stream_window_size(1 << 20)
+                    .initial_connection_window_size(4 << 20)
+                    .handshake(io)
+                    .await?;
+                let driver = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok::<_, hyper::Error>(Conn {
+                    sender: Some(Sender::H2(sender)),
+                    driver,
+                })
+            } else {
+                let (sender, conn) = http1::Builder::new().handshake(io).await?;
+                let driver = tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(Conn {
+                    sender: Some(Sender::H1(sender)),
+                    driver,
+                })
+            }
+        };
+        match tokio::time::timeout(t.timeout, handshake).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(Failure::new(
+                ErrorKind::ConnectError,
+                format!("handshake with {addr}: {}", crate::outcome::error_chain(&e)),
+            )),
+            Err(_) => Err(Failure::new(
+                ErrorKind::ConnectTimeout,
+                format!("handshake with {addr}: no answer within {:?}", t.timeout),
+            )),
+        }
+    }
+
+    /// Whether a new request can go on this connection (after waiting for
+    /// an HTTP/1 connection to finish its previous exchange).
+    pub(crate) async fn usable(&mut self) -> bool {
+        match &mut self.sender {
+            Some(Sender::H1(s)) => s.ready().await.is_ok(),
+            Some(Sender::H2(s)) => !s.is_closed(),
+            None => false,
+        }
+    }
+
+    /// The sender for one request: HTTP/1's is lent (give it back with
+    /// [`Conn::give_back`]), HTTP/2's cloned.
+    pub(crate) fn take_sender(&mut self) -> Option<Sender> {
+        match &self.sender {
+            Some(Sender::H2(s)) => Some(Sender::H2(s.clone())),
+            Some(Sender::H1(_)) => self.sender.take(),
+            None => None,
+        }
+    }
+
+    pub(crate) fn give_back(&mut self, sender: Sender) {
+        if let Sender::H1(_) = sender {
+            self.sender = Some(sender);
+        }
+    }
+}
+
+/// Sends one request and reads the whole response. Returns the outcome and
+/// the sender, to be given back when the exchange completed (an HTTP/1
+/// connection whose request timed out is not reusable).
+pub(crate) async fn exchange(mut sender: Sender, t: &RequestTemplate) -> (Outcome, Option<Sender>) {
+    let req = t.request();
+    let sent = Instant::now();
+    let result = tokio::time::timeout(t.timeout, async {
+        let resp = match &mut sender {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        };
+        match resp {
+            Ok(r) => read(r, t.grpc).await,
+            Err(e) => Outcome::failed(Failure::hyper(&e), None),
+        }
+    })
+    .await;
+    let elapsed = sent.elapsed();
+    match result {
+        Ok(mut o) => {
+            o.service = Some(elapsed);
+            (o, Some(sender))
+        }
+        Err(_) => (
+            Outcome::failed(
+                Failure::new(
+                    ErrorKind::Timeout,
+                    format!("no complete response within {:?}", t.timeout),
+                ),
+                Some(elapsed),
+            ),
+            None,
+        ),
+    }
+}
+
+async fn read(resp: http::Response<Incoming>, is_grpc: bool) -> Outcome {
+    let (parts, mut body) = resp.into_parts();
+    let status = parts.status.as_u16();
+    let mut trailers = None;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Ok(frame)) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+            Some(Err(e)) => {
+                let mut o = Outcome::failed(Failure::hyper(&e), None);
+                o.status = Some(status);
+                return o;
+            }
+        }
+    }
+    let mut o = Outcome {
+        status: Some(status),
+        grpc: None,
+        failure: None,
+        service: None,
+    };
+    if is_grpc {
+        if status != 200 {
+            o.failure = Some(Failure::new(
+                ErrorKind::HttpStatus,
+                format!("gRPC call answered with HTTP status {status}"),
+            ));
+            return o;
+        }
+        match grpc::status(&parts.headers, trailers.as_ref()) {
+            Some((0, _)) => o.grpc = Some(0),
+            Some((code, message)) => {
+                o.grpc = Some(code);
+                o.failure = Some(Failure::new(
+                    ErrorKind::GrpcStatus,
+                    format!("{}: {message}", grpc::status_name(code)),
+                ));
+            }
+            None => {
+                o.failure = Some(Failure::new(
+                    ErrorKind::Protocol,
+                    "gRPC response without a grpc-status",
+                ));
+            }
+        }
+    } else if !(200..400).contains(&status) {
+        o.failure = Some(Failure::new(
+            ErrorKind::HttpStatus,
+            format!("HTTP status {status}"),
+        ));
+    }
+    o
+}
