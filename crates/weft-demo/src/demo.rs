@@ -74,7 +74,7 @@ impl Default for DemoOptions {
 pub struct DemoReport {
     /// Requests the driver sent to the frontend.
     pub requests: u64,
-    /// Of those, answered with anything but a 5xx.
+    /// Of those, answered with a 2xx or 3xx (as `weft load` counts success).
     pub ok: u64,
     /// Requests due that could not be sent on time (not in `requests`).
     pub late: u64,
@@ -221,14 +221,14 @@ impl weft_admin::AdminEndpoints for DemoAdmin {
         counter(
             &mut out,
             "weft_demo_requests_ok",
-            "Requests answered with a non-5xx status",
+            "Requests answered with a 2xx or 3xx status",
             "",
             t.ok,
         );
         counter(
             &mut out,
             "weft_demo_requests_late",
-            "Requests due but not sent on time",
+            "Requests due but never sent (waited past the timeout for a connection)",
             "",
             t.late,
         );

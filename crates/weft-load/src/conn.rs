@@ -1,8 +1,9 @@
 //! One connection to the target and the requests sent on it.
 //!
-//! hyper's client connection API (no pool, no legacy client): each worker
-//! owns its connection, reconnects when it breaks, and never retries a
-//! request (a load generator that retries hides failures).
+//! HTTP/1.1 on the tool's own lean client ([`crate::h1`]); HTTP/2 and gRPC
+//! on hyper's client connection API (no pool, no legacy client). Each
+//! worker owns its connection, reconnects when it breaks, and never retries
+//! a request (a load generator that retries hides failures).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,13 +13,14 @@ use http::header::{CONTENT_TYPE, HOST, TE};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri, Version};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::grpc;
+use crate::h1::{H1Conn, H1Request};
 use crate::outcome::{ErrorKind, Failure, Outcome};
 use crate::spec::{LoadSpec, Protocol};
 
@@ -33,17 +35,27 @@ pub(crate) struct RequestTemplate {
     grpc: bool,
     http2: bool,
     timeout: Duration,
+    /// HTTP/1.1: the request, serialized once.
+    h1: Option<H1Request>,
     pub(crate) addr: SocketAddr,
 }
 
 impl RequestTemplate {
     pub(crate) fn new(spec: &LoadSpec, addr: SocketAddr) -> Self {
         let mut headers = HeaderMap::new();
+        // A `Host` given with --header names the authority (a mesh routes
+        // by it) while the connection still goes to the target's address.
+        let authority = spec
+            .headers
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(&spec.target.authority)
+            .to_owned();
         let (method, uri, version, body, grpc, http2) = match &spec.protocol {
             Protocol::Http1 => {
                 headers.insert(
                     HOST,
-                    HeaderValue::from_str(&spec.target.authority)
+                    HeaderValue::from_str(&authority)
                         .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
                 );
                 let uri: Uri = spec
@@ -62,7 +74,7 @@ impl RequestTemplate {
             }
             Protocol::Http2 => (
                 spec.method.clone(),
-                absolute(spec, &spec.target.path_and_query),
+                absolute(&authority, &spec.target.path_and_query),
                 Version::HTTP_2,
                 spec.body.clone(),
                 false,
@@ -77,7 +89,7 @@ impl RequestTemplate {
                 let path = format!("/{}", method.trim_start_matches('/'));
                 (
                     Method::POST,
-                    absolute(spec, &path),
+                    absolute(&authority, &path),
                     Version::HTTP_2,
                     grpc::frame(&spec.body),
                     true,
@@ -86,9 +98,14 @@ impl RequestTemplate {
             }
         };
         for (name, value) in &spec.headers {
-            headers.append(name.clone(), value.clone());
+            if name != HOST {
+                headers.append(name.clone(), value.clone());
+            }
         }
+        let h1 =
+            (!http2).then(|| H1Request::new(&method, &spec.target.path_and_query, &headers, &body));
         RequestTemplate {
+            h1,
             method,
             uri,
             version,
@@ -115,8 +132,8 @@ impl RequestTemplate {
     }
 }
 
-fn absolute(spec: &LoadSpec, path: &str) -> Uri {
-    format!("http://{}{}", spec.target.authority, path)
+fn absolute(authority: &str, path: &str) -> Uri {
+    format!("http://{authority}{path}")
         .parse()
         .unwrap_or_else(|_| Uri::from_static("/"))
 }
@@ -126,21 +143,24 @@ fn absolute(spec: &LoadSpec, path: &str) -> Uri {
 pub(crate) struct Conn {
     /// `None` while an HTTP/1 request is out with the sender.
     sender: Option<Sender>,
-    driver: JoinHandle<()>,
+    /// HTTP/2: the task driving the connection.
+    driver: Option<JoinHandle<()>>,
 }
 
 /// The handle requests are sent with: an HTTP/1 one is lent to one request
 /// at a time and given back; an HTTP/2 one is cloned for every stream.
 #[derive(Debug)]
 pub(crate) enum Sender {
-    H1(http1::SendRequest<Full<Bytes>>),
+    H1(H1Conn),
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         // A connection given up on (timeout, error) must not linger.
-        self.driver.abort();
+        if let Some(d) = &self.driver {
+            d.abort();
+        }
     }
 }
 
@@ -158,31 +178,26 @@ impl Conn {
             }
         };
         let _ = stream.set_nodelay(true);
+        if !t.http2 {
+            return Ok(Conn {
+                sender: Some(Sender::H1(H1Conn::new(stream))),
+                driver: None,
+            });
+        }
         let io = TokioIo::new(stream);
         let handshake = async {
-            if t.http2 {
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .initial_stream_window_size(1 << 20)
-                    .initial_connection_window_size(4 << 20)
-                    .handshake(io)
-                    .await?;
-                let driver = tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok::<_, hyper::Error>(Conn {
-                    sender: Some(Sender::H2(sender)),
-                    driver,
-                })
-            } else {
-                let (sender, conn) = http1::Builder::new().handshake(io).await?;
-                let driver = tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                Ok(Conn {
-                    sender: Some(Sender::H1(sender)),
-                    driver,
-                })
-            }
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(4 << 20)
+                .handshake(io)
+                .await?;
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok::<_, hyper::Error>(Conn {
+                sender: Some(Sender::H2(sender)),
+                driver: Some(driver),
+            })
         };
         match tokio::time::timeout(t.timeout, handshake).await {
             Ok(Ok(c)) => Ok(c),
@@ -201,7 +216,7 @@ impl Conn {
     /// an HTTP/1 connection to finish its previous exchange).
     pub(crate) async fn usable(&mut self) -> bool {
         match &mut self.sender {
-            Some(Sender::H1(s)) => s.ready().await.is_ok(),
+            Some(Sender::H1(_)) => true,
             Some(Sender::H2(s)) => !s.is_closed(),
             None => false,
         }
@@ -227,14 +242,62 @@ impl Conn {
 /// Sends one request and reads the whole response. Returns the outcome and
 /// the sender, to be given back when the exchange completed (an HTTP/1
 /// connection whose request timed out is not reusable).
-pub(crate) async fn exchange(mut sender: Sender, t: &RequestTemplate) -> (Outcome, Option<Sender>) {
+pub(crate) async fn exchange(sender: Sender, t: &RequestTemplate) -> (Outcome, Option<Sender>) {
+    match (sender, &t.h1) {
+        (Sender::H1(conn), Some(req)) => exchange_h1(conn, req, t.timeout).await,
+        (Sender::H2(s), _) => exchange_h2(s, t).await,
+        (Sender::H1(_), None) => (
+            Outcome::failed(
+                Failure::new(ErrorKind::Other, "HTTP/1 connection for an HTTP/2 request"),
+                None,
+            ),
+            None,
+        ),
+    }
+}
+
+async fn exchange_h1(
+    mut conn: H1Conn,
+    req: &H1Request,
+    timeout: Duration,
+) -> (Outcome, Option<Sender>) {
+    let sent = Instant::now();
+    let result = tokio::time::timeout(timeout, conn.exchange(req)).await;
+    let service = Some(sent.elapsed());
+    match result {
+        Ok(Ok((status, reusable))) => {
+            let failure = (!(200..400).contains(&status))
+                .then(|| Failure::new(ErrorKind::HttpStatus, format!("HTTP status {status}")));
+            let o = Outcome {
+                status: Some(status),
+                grpc: None,
+                failure,
+                service,
+            };
+            (o, reusable.then_some(Sender::H1(conn)))
+        }
+        Ok(Err(f)) => (Outcome::failed(f, service), None),
+        Err(_) => (
+            Outcome::failed(
+                Failure::new(
+                    ErrorKind::Timeout,
+                    format!("no complete response within {timeout:?}"),
+                ),
+                service,
+            ),
+            None,
+        ),
+    }
+}
+
+async fn exchange_h2(
+    mut sender: http2::SendRequest<Full<Bytes>>,
+    t: &RequestTemplate,
+) -> (Outcome, Option<Sender>) {
     let req = t.request();
     let sent = Instant::now();
     let result = tokio::time::timeout(t.timeout, async {
-        let resp = match &mut sender {
-            Sender::H1(s) => s.send_request(req).await,
-            Sender::H2(s) => s.send_request(req).await,
-        };
+        let resp = sender.send_request(req).await;
         match resp {
             Ok(r) => read(r, t.grpc).await,
             Err(e) => Outcome::failed(Failure::hyper(&e), None),
@@ -245,7 +308,7 @@ pub(crate) async fn exchange(mut sender: Sender, t: &RequestTemplate) -> (Outcom
     match result {
         Ok(mut o) => {
             o.service = Some(elapsed);
-            (o, Some(sender))
+            (o, Some(Sender::H2(sender)))
         }
         Err(_) => (
             Outcome::failed(

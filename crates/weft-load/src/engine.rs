@@ -46,6 +46,11 @@ pub enum LoadError {
 /// Send or scheduler lag (p90) above which the tool, not the server, set
 /// the pace.
 const SATURATED_LAG: Duration = Duration::from_millis(5);
+/// Share of the runtime workers' time busy above which the tool is CPU-bound.
+const CPU_BOUND: f64 = 0.9;
+/// The runtime workers' thread name (Linux keeps 15 bytes of it).
+const WORKER_THREAD: &str = "weft-load-worker";
+
 /// How long in-flight requests may finish after an interrupt.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(2);
 
@@ -88,7 +93,7 @@ pub async fn run(
         .spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads)
-                .thread_name("weft-load-worker")
+                .thread_name(WORKER_THREAD)
                 .enable_all()
                 .build();
             let result = match rt {
@@ -188,7 +193,7 @@ async fn run_inner(
         });
     }
 
-    let cpu_start = cpu_seconds();
+    let cpu_start = cpu_seconds("weft-load");
     let schedule = Schedule::new(&spec.rate, spec.duration, spec.warmup);
     let start = Instant::now();
     let (token_tx, token_rx) = async_channel::unbounded::<Token>();
@@ -239,8 +244,17 @@ async fn run_inner(
     let mut max_measure = (None, None);
     let schedule_end = start + total;
     let mut drain_deadline = None;
+    // Runtime workers' CPU at the start and end of the measured window.
+    let mut busy_from: Option<(Instant, f64)> = None;
+    let mut busy_to: Option<(Instant, f64)> = None;
     loop {
         let now = Instant::now();
+        if busy_from.is_none() && now >= start + measure_start_offset {
+            busy_from = cpu_seconds(WORKER_THREAD).map(|c| (now, c));
+        }
+        if busy_to.is_none() && now >= schedule_end && !was_interrupted {
+            busy_to = cpu_seconds(WORKER_THREAD).map(|c| (now, c));
+        }
         // Max mode phases.
         if pacer.is_none() {
             let phase = shared.max_phase.load(Ordering::Relaxed);
@@ -289,7 +303,7 @@ async fn run_inner(
                     p.show(&iv, total, sent, errors_total, rate);
                 }
                 if let Some(live) = &spec.live {
-                    live.add(&iv);
+                    live.add(&iv, &snap.latency);
                 }
                 timeline.push(iv);
             }
@@ -336,7 +350,7 @@ async fn run_inner(
             max_ms: snap.max_ms,
         };
         if let Some(live) = &spec.live {
-            live.add(&iv);
+            live.add(&iv, &snap.latency);
         }
         timeline.push(iv);
     }
@@ -353,7 +367,17 @@ async fn run_inner(
     if let Some(live) = &spec.live {
         live.set_running(false, None);
     }
-    let cpu = cpu_seconds().zip(cpu_start).map(|(b, a)| b - a);
+    let cpu = cpu_seconds("weft-load").zip(cpu_start).map(|(b, a)| b - a);
+    if busy_to.is_none() {
+        busy_to = cpu_seconds(WORKER_THREAD).map(|c| (Instant::now(), c));
+    }
+    // Share of the runtime workers' time spent running, while measuring.
+    let worker_busy = match (busy_from, busy_to) {
+        (Some((t0, c0)), Some((t1, c1))) if t1 > t0 + Duration::from_millis(200) => {
+            Some((c1 - c0) / ((t1 - t0).as_secs_f64() * spec.threads as f64))
+        }
+        _ => None,
+    };
 
     // The measured window.
     let measure_from = start + measure_start_offset;
@@ -410,9 +434,28 @@ async fn run_inner(
     let limit = SATURATED_LAG.as_secs_f64() * 1e3;
     // Saturated: late for one request in ten or more. A hiccup (another
     // process taking the CPU for a moment) only delays the tail: a warning.
-    let saturated = (send_lag_ms.count > 0 && send_lag_ms.p90 > limit)
+    let lagging = (send_lag_ms.count > 0 && send_lag_ms.p90 > limit)
         || (scheduler_lag_ms.count > 0 && scheduler_lag_ms.p90 > limit);
-    if saturated {
+    // Threads busy (nearly) all the time cannot send on time: whatever the
+    // lag shows so far, the schedule is kept only by luck.
+    let cpu_bound = worker_busy.is_some_and(|b| b >= CPU_BOUND);
+    let closed_loop = spec.rate == RatePlan::Max;
+    let saturated = !closed_loop && (lagging || cpu_bound);
+    if closed_loop && cpu_bound {
+        warnings.push(format!(
+            "the load generator's threads were {:.0}% busy: the achieved rate may be its own limit rather than \
+             the server's (give it more --threads / cores to check)",
+            worker_busy.unwrap_or(0.0) * 100.0
+        ));
+    } else if cpu_bound && !lagging {
+        warnings.push(format!(
+            "the load generator's threads were {:.0}% busy while measuring: it cannot keep to the schedule with \
+             any margin, so its own delay is in the latencies (lower --rate or --connections, or give it more \
+             --threads / cores)",
+            worker_busy.unwrap_or(0.0) * 100.0
+        ));
+    }
+    if lagging {
         warnings.push(format!(
             "requests left {} ms (p90) after their intended time although a connection was free, and the tool's \
              threads ran due work {} ms late (p90): the load generator is short of CPU and every latency above \
@@ -420,7 +463,7 @@ async fn run_inner(
             crate::report::fmt_ms(send_lag_ms.p90),
             crate::report::fmt_ms(scheduler_lag_ms.p90)
         ));
-    } else if send_lag_ms.p99 > limit || scheduler_lag_ms.p99 > limit {
+    } else if !saturated && (send_lag_ms.p99 > limit || scheduler_lag_ms.p99 > limit) {
         warnings.push(format!(
             "the load generator was late by over {} ms for about 1% of requests (send lag p99 {} ms, scheduler lag \
              p99 {} ms), e.g. while another process held the CPU: the highest percentiles may include its delay",
@@ -471,6 +514,7 @@ async fn run_inner(
             send_lag_ms,
             scheduler_lag_ms,
             cpu_percent,
+            worker_busy_percent: worker_busy.unwrap_or(0.0) * 100.0,
             threads,
             warnings,
         },
@@ -744,9 +788,11 @@ async fn next_token(
     }
 }
 
-/// CPU seconds used so far by the load generator's own threads (named
-/// `weft-load*`), from /proc; `None` where /proc is not readable.
-fn cpu_seconds() -> Option<f64> {
+/// CPU seconds used so far by this process's threads whose name starts
+/// with `prefix` (cut to the 15 bytes Linux keeps), from /proc; `None`
+/// where /proc is not readable.
+fn cpu_seconds(prefix: &str) -> Option<f64> {
+    let prefix = format!("({}", &prefix[..prefix.len().min(15)]);
     let mut ticks = 0u64;
     for entry in std::fs::read_dir("/proc/self/task").ok()? {
         let Ok(entry) = entry else { continue };
@@ -757,7 +803,7 @@ fn cpu_seconds() -> Option<f64> {
         let Some((head, rest)) = stat.rsplit_once(')') else {
             continue;
         };
-        if !head.contains("(weft-load") {
+        if !head.contains(&prefix) {
             continue;
         }
         let fields: Vec<&str> = rest.split_whitespace().collect();

@@ -22,6 +22,7 @@ mod conn;
 mod engine;
 mod grpc;
 pub mod grpc_message;
+mod h1;
 mod outcome;
 mod progress;
 pub mod report;
@@ -30,6 +31,7 @@ pub mod spec;
 mod stats;
 
 pub use engine::{LoadError, run};
-pub use progress::Live;
+pub use hdrhistogram::Histogram;
+pub use progress::{Live, LiveSnapshot};
 pub use report::{Percentiles, Report, StepReport};
 pub use spec::{LoadSpec, ProgressMode, Protocol, RatePlan, Target};

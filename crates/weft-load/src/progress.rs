@@ -3,16 +3,20 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal as _, Write as _};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use hdrhistogram::Histogram;
 
 use weft_admin::AdminEndpoints;
 
 use crate::report::{Interval, fmt_ms, fmt_rate};
 
-/// Counters of the current run, readable while it runs. One `Live` can
-/// follow several runs (the steps of `weft capacity`): counters only grow.
-#[derive(Debug, Default)]
+/// Counters of the current run, readable while it runs (updated once a
+/// second). One `Live` can follow several runs (the steps of `weft
+/// capacity`): counters only grow.
+#[derive(Debug)]
 pub struct Live {
     running: AtomicBool,
     sent: AtomicU64,
@@ -22,11 +26,52 @@ pub struct Live {
     p99: AtomicU64,
     /// Bits of the offered rate in requests/s (f64); 0 for max.
     rate: AtomicU64,
+    /// Every latency so far (from intended send, ns), warmup included.
+    latency: Mutex<Histogram<u64>>,
+}
+
+/// [`Live`]'s counters at one moment.
+#[derive(Debug, Clone)]
+pub struct LiveSnapshot {
+    pub sent: u64,
+    pub completed: u64,
+    pub errors: u64,
+    /// Latencies from intended send, in nanoseconds, cumulative.
+    pub latency: Histogram<u64>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            running: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            p99: AtomicU64::new(0),
+            rate: AtomicU64::new(0),
+            latency: Mutex::new(crate::stats::histogram()),
+        }
+    }
 }
 
 impl Live {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> LiveSnapshot {
+        let latency = self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        LiveSnapshot {
+            sent: self.sent.load(Ordering::Relaxed),
+            completed: self.completed(),
+            errors: self.errors.load(Ordering::Relaxed),
+            latency,
+        }
     }
 
     pub(crate) fn set_running(&self, running: bool, rate: Option<f64>) {
@@ -35,7 +80,12 @@ impl Live {
             .store(rate.unwrap_or(0.0).to_bits(), Ordering::Relaxed);
     }
 
-    pub(crate) fn add(&self, iv: &Interval) {
+    pub(crate) fn add(&self, iv: &Interval, latency: &Histogram<u64>) {
+        let _ = self
+            .latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .add(latency);
         self.sent.fetch_add(iv.sent, Ordering::Relaxed);
         self.completed.fetch_add(iv.completed, Ordering::Relaxed);
         self.errors.fetch_add(iv.errors, Ordering::Relaxed);
@@ -176,20 +226,25 @@ mod tests {
     fn live_counters_add_up_across_intervals_and_render() {
         let live = Live::new();
         live.set_running(true, Some(100.0));
-        live.add(&Interval {
+        let mut h = crate::stats::histogram();
+        h.record(1_000_000).unwrap();
+        let first = Interval {
             sent: 100,
             completed: 98,
             errors: 2,
             p99_ms: 12.0,
             ..Interval::default()
-        });
-        live.add(&Interval {
+        };
+        live.add(&first, &h);
+        let second = Interval {
             sent: 100,
             completed: 100,
             errors: 0,
             p99_ms: 5.0,
             ..Interval::default()
-        });
+        };
+        live.add(&second, &h);
+        assert_eq!(live.snapshot().latency.len(), 2);
         let text = live.metrics();
         assert!(text.contains("weft_load_requests_sent_total 200"), "{text}");
         assert!(text.contains("weft_load_requests_failed_total 2"), "{text}");

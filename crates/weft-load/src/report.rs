@@ -71,6 +71,9 @@ pub struct ClientHealth {
     pub scheduler_lag_ms: Percentiles,
     /// CPU the tool used during the measured window, in percent of one core.
     pub cpu_percent: f64,
+    /// Share of the runtime workers' time spent running while measuring,
+    /// in percent: near 100 the tool is CPU-bound.
+    pub worker_busy_percent: f64,
     /// Threads the tool ran on (runtime workers + the pacer).
     pub threads: usize,
     /// Everything the reader should know before trusting the numbers.
@@ -280,9 +283,10 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "client     {:.0}% CPU on {} threads, send lag p50 {} p99 {} ms, scheduler lag p99 {} ms",
+            "client     {:.0}% CPU on {} threads (workers {:.0}% busy), send lag p50 {} p99 {} ms, scheduler lag p99 {} ms",
             self.client.cpu_percent,
             self.client.threads,
+            self.client.worker_busy_percent,
             fmt_ms(self.client.send_lag_ms.p50),
             fmt_ms(self.client.send_lag_ms.p99),
             fmt_ms(self.client.scheduler_lag_ms.p99)

@@ -189,8 +189,10 @@ pub(crate) struct Stats {
 }
 
 /// A one-second slice, merged over the shards.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct IntervalSnapshot {
+    /// The interval's latencies (ns).
+    pub(crate) latency: Histogram<u64>,
     pub(crate) completed: u64,
     pub(crate) errors: u64,
     pub(crate) p50_ms: f64,
@@ -263,7 +265,14 @@ impl Stats {
     /// Takes (and resets) the current interval.
     pub(crate) fn take_interval(&self) -> IntervalSnapshot {
         let mut h = histogram();
-        let mut snap = IntervalSnapshot::default();
+        let mut snap = IntervalSnapshot {
+            latency: histogram(),
+            completed: 0,
+            errors: 0,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+        };
         for i in 0..self.shards.len() {
             let mut s = self.shard(i);
             let _ = h.add(&s.interval.latency);
@@ -278,6 +287,7 @@ impl Stats {
             snap.p99_ms = h.value_at_quantile(0.99) as f64 / 1e6;
             snap.max_ms = h.max() as f64 / 1e6;
         }
+        snap.latency = h;
         snap
     }
 

@@ -274,7 +274,7 @@ async fn a_slow_server_times_requests_out_and_expires_queued_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_generator_short_of_cpu_says_so() {
-    // One thread asked for 200k requests/s over 64 connections: far beyond
+    // One thread asked for 2M requests/s over 64 connections: far beyond
     // what it can send, let alone on a debug build.
     let app = app(AppConfig::default()).await;
     let mut s = spec(&app, "/");
@@ -283,7 +283,7 @@ async fn a_load_generator_short_of_cpu_says_so() {
     s.warmup = Duration::ZERO;
     s.duration = Duration::from_secs(1);
     s.timeout = Duration::from_secs(1);
-    s.rate = RatePlan::Steps(vec![200_000.0]);
+    s.rate = RatePlan::Steps(vec![2_000_000.0]);
     let r = run(s, pending()).await.unwrap();
     assert!(r.client.saturated, "{:?}", r.client);
     assert!(r.human().contains("CLIENT SATURATED"));

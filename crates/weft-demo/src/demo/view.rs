@@ -194,7 +194,7 @@ pub(crate) struct IngressRow {
     pub(crate) sent: u64,
     /// Finished in the window (some may have been sent in an earlier one).
     pub(crate) done: u64,
-    /// Of `done`, answered with anything but a 5xx.
+    /// Of `done`, answered with a 2xx or 3xx.
     pub(crate) ok: u64,
     pub(crate) late: u64,
     pub(crate) rps: f64,
