@@ -522,3 +522,30 @@ async fn an_unreachable_or_silent_server_is_reported_not_waited_for() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_load_sends_json_requests_the_server_accepts() {
+    // The whole path of `weft load --grpc M --body JSON`: reflection, JSON
+    // to bytes, then a fixed-rate run in which every call is OK.
+    let server = grpcio_server(true).await;
+    let target = target(server.addr);
+    let method = resolve(&DescriptorSource::Reflection, &target, SAY_HELLO)
+        .await
+        .unwrap();
+    let body = method.encode_json(r#"{"name": "load"}"#).unwrap();
+    let mut spec = weft_load::LoadSpec::new(target);
+    spec.protocol = weft_load::Protocol::Grpc {
+        method: SAY_HELLO.to_owned(),
+    };
+    spec.body = body;
+    spec.rate = weft_load::RatePlan::Steps(vec![100.0]);
+    spec.duration = Duration::from_secs(1);
+    spec.warmup = Duration::ZERO;
+    spec.connections = 2;
+    let r = weft_load::run(spec, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(r.requests, 100, "{r}");
+    assert_eq!(r.grpc_status_counts.get("OK"), Some(&100), "{r}\n{}", server.proc.logs());
+    assert_eq!(r.errors, 0);
+}
