@@ -542,10 +542,13 @@ async fn weft_load_sends_json_requests_the_server_accepts() {
     spec.duration = Duration::from_secs(1);
     spec.warmup = Duration::ZERO;
     spec.connections = 2;
-    let r = weft_load::run(spec, std::future::pending())
-        .await
-        .unwrap();
+    let r = weft_load::run(spec, std::future::pending()).await.unwrap();
     assert_eq!(r.requests, 100, "{r}");
-    assert_eq!(r.grpc_status_counts.get("OK"), Some(&100), "{r}\n{}", server.proc.logs());
+    assert_eq!(
+        r.grpc_status_counts.get("OK"),
+        Some(&100),
+        "{r}\n{}",
+        server.proc.logs()
+    );
     assert_eq!(r.errors, 0);
 }
