@@ -198,12 +198,21 @@ async fn run_inner(
     let start = Instant::now();
     let (token_tx, token_rx) = async_channel::unbounded::<Token>();
     let stop_pacer = Arc::new(AtomicBool::new(false));
+    // Beyond this many queued, a request would wait past the timeout anyway.
+    let peak_rate = match &spec.rate {
+        RatePlan::Max => 0.0,
+        RatePlan::Steps(r) => r.iter().copied().fold(0.0, f64::max),
+        RatePlan::Ramp { from, to } => from.max(*to),
+    };
+    let queue_cap =
+        ((peak_rate * spec.timeout.as_secs_f64() * 2.0) as usize).clamp(10_000, 2_000_000);
     let pacer = schedule.clone().map(|s| {
         let tx = token_tx.clone();
         let stop = stop_pacer.clone();
+        let shared = shared.clone();
         std::thread::Builder::new()
             .name("weft-load-pacer".into())
-            .spawn(move || pace(s, start, &tx, &stop))
+            .spawn(move || pace(s, start, &tx, &stop, &shared, queue_cap))
     });
     drop(token_tx);
     let pacer = match pacer {
@@ -424,18 +433,20 @@ async fn run_inner(
     };
 
     // Was the tool the bottleneck?
-    let mut lag = m.send_lag;
-    if let Some(p) = &pacer_lag {
-        let _ = lag.add(&p.lag);
-    }
-    let send_lag_ms = percentiles(&lag);
+    let send_lag_ms = percentiles(&m.send_lag);
+    let pacer_lag_ms = pacer_lag
+        .as_ref()
+        .map(|p| percentiles(&p.lag))
+        .unwrap_or_default();
+    let overflowed = pacer_lag.as_ref().map_or(0, |p| p.overflowed);
     let scheduler_lag_ms = percentiles(&scheduler_lag);
     let mut warnings = Vec::new();
     let limit = SATURATED_LAG.as_secs_f64() * 1e3;
-    // Saturated: late for one request in ten or more. A hiccup (another
-    // process taking the CPU for a moment) only delays the tail: a warning.
-    let lagging = (send_lag_ms.count > 0 && send_lag_ms.p90 > limit)
-        || (scheduler_lag_ms.count > 0 && scheduler_lag_ms.p90 > limit);
+    // Saturated: late for one request in ten or more, or stalled long
+    // enough to move the mean. A hiccup (another process taking the CPU for
+    // a moment) only delays the tail: a warning.
+    let late = |p: &crate::report::Percentiles| p.count > 0 && (p.p90 > limit || p.mean > limit);
+    let lagging = late(&send_lag_ms) || late(&pacer_lag_ms) || late(&scheduler_lag_ms);
     // Threads busy (nearly) all the time cannot send on time: whatever the
     // lag shows so far, the schedule is kept only by luck.
     let cpu_bound = worker_busy.is_some_and(|b| b >= CPU_BOUND);
@@ -457,11 +468,15 @@ async fn run_inner(
     }
     if lagging {
         warnings.push(format!(
-            "requests left {} ms (p90) after their intended time although a connection was free, and the tool's \
-             threads ran due work {} ms late (p90): the load generator is short of CPU and every latency above \
-             includes its delay (lower --rate or --connections, or give it more --threads / cores)",
+            "the load generator fell behind its schedule (p90 / mean, ms: send lag with a free connection {} / {}, \
+             pacer {} / {}, runtime {} / {}): it is short of CPU and every latency above includes its delay \
+             (lower --rate or --connections, or give it more --threads / cores)",
             crate::report::fmt_ms(send_lag_ms.p90),
-            crate::report::fmt_ms(scheduler_lag_ms.p90)
+            crate::report::fmt_ms(send_lag_ms.mean),
+            crate::report::fmt_ms(pacer_lag_ms.p90),
+            crate::report::fmt_ms(pacer_lag_ms.mean),
+            crate::report::fmt_ms(scheduler_lag_ms.p90),
+            crate::report::fmt_ms(scheduler_lag_ms.mean),
         ));
     } else if !saturated && (send_lag_ms.p99 > limit || scheduler_lag_ms.p99 > limit) {
         warnings.push(format!(
@@ -470,6 +485,12 @@ async fn run_inner(
             crate::report::fmt_ms(limit),
             crate::report::fmt_ms(send_lag_ms.p99),
             crate::report::fmt_ms(scheduler_lag_ms.p99)
+        ));
+    }
+    if overflowed > 0 {
+        warnings.push(format!(
+            "{overflowed} requests found {queue_cap} already waiting for a connection and were counted as \
+             expired_in_queue without being queued"
         ));
     }
     let threads = spec.threads + usize::from(pacer_lag.is_some());
@@ -512,6 +533,7 @@ async fn run_inner(
         client: ClientHealth {
             saturated,
             send_lag_ms,
+            pacer_lag_ms,
             scheduler_lag_ms,
             cpu_percent,
             worker_busy_percent: worker_busy.unwrap_or(0.0) * 100.0,
@@ -599,10 +621,12 @@ async fn scheduler_probe(shared: Arc<Shared>) -> Histogram<u64> {
     lag
 }
 
-/// The pacer's own lateness.
+/// The pacer's own lateness, and how many due requests found the queue
+/// full.
 #[derive(Debug)]
 struct PacerLag {
     lag: Histogram<u64>,
+    overflowed: u64,
 }
 
 /// Walks the schedule on its own thread, handing out each request when it
@@ -612,8 +636,11 @@ fn pace(
     start: Instant,
     tx: &async_channel::Sender<Token>,
     stop: &AtomicBool,
+    shared: &Shared,
+    queue_cap: usize,
 ) -> PacerLag {
     let mut lag = histogram();
+    let mut overflowed = 0;
     for due in schedule {
         if stop.load(Ordering::Relaxed) {
             break;
@@ -627,6 +654,22 @@ fn pace(
             let late = Instant::now().saturating_duration_since(intended);
             let _ = lag.record(u64::try_from(late.as_nanos()).unwrap_or(u64::MAX).max(1));
         }
+        if tx.len() >= queue_cap {
+            // The oldest queued request is already past the timeout: this
+            // one would expire too. Count it without queueing it, so a run
+            // far beyond what the tool or the server can take does not
+            // grow the queue without bound.
+            overflowed += 1;
+            let o = Outcome::failed(
+                Failure::new(
+                    ErrorKind::ExpiredInQueue,
+                    format!("{queue_cap} requests already waiting"),
+                ),
+                None,
+            );
+            shared.stats.record(0, due.phase, shared.timeout, &o);
+            continue;
+        }
         if tx
             .try_send(Token {
                 intended,
@@ -637,7 +680,7 @@ fn pace(
             break;
         }
     }
-    PacerLag { lag }
+    PacerLag { lag, overflowed }
 }
 
 /// One connection's loop: take due requests (or, for `max`, make them),
@@ -668,6 +711,8 @@ async fn worker(
                     let o = Outcome::failed(Failure::new(ErrorKind::ExpiredInQueue, format!(
                         "waited more than {:?} for a free connection", shared.timeout)), None);
                     shared.stats.record(shard, token.phase, token.intended.elapsed(), &o);
+                    // A long run of expired requests must not hog the thread.
+                    tokio::task::consume_budget().await;
                     continue;
                 }
                 // A usable connection, opened again if it broke.

@@ -66,6 +66,8 @@ pub struct ClientHealth {
     /// For requests that found a free connection: how late they left
     /// relative to their intended time (the tool's own scheduling delay).
     pub send_lag_ms: Percentiles,
+    /// How late the pacer thread handed out requests (its own lateness).
+    pub pacer_lag_ms: Percentiles,
     /// How late the tool's runtime ran a task that was due (a probe timer
     /// every 10 ms): large when its threads are short of CPU.
     pub scheduler_lag_ms: Percentiles,

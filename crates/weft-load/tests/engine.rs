@@ -274,18 +274,21 @@ async fn a_slow_server_times_requests_out_and_expires_queued_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_load_generator_short_of_cpu_says_so() {
-    // One thread asked for 2M requests/s over 64 connections: far beyond
-    // what it can send, let alone on a debug build.
+    // Asked for 10M requests/s: beyond what the pacer can even hand out
+    // (well over 100 ns a request on a debug build), whatever the machine
+    // and whatever else runs on it.
     let app = app(AppConfig::default()).await;
     let mut s = spec(&app, "/");
     s.threads = 1;
     s.connections = 64;
     s.warmup = Duration::ZERO;
     s.duration = Duration::from_secs(1);
-    s.timeout = Duration::from_secs(1);
-    s.rate = RatePlan::Steps(vec![2_000_000.0]);
+    s.timeout = Duration::from_millis(500);
+    s.rate = RatePlan::Steps(vec![10_000_000.0]);
     let r = run(s, pending()).await.unwrap();
+    eprintln!("{r}");
     assert!(r.client.saturated, "{:?}", r.client);
     assert!(r.human().contains("CLIENT SATURATED"));
-    assert!(r.achieved_rate < 200_000.0);
+    assert!(r.achieved_rate < 10_000_000.0);
+    assert_eq!(r.requests, 10_000_000, "every due request is accounted for");
 }
