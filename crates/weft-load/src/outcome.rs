@@ -95,59 +95,26 @@ impl Failure {
         Failure::new(kind, format!("connect to {addr}: {e}"))
     }
 
-    /// Classifies a hyper error on a request that was handed to the
-    /// connection.
-    pub(crate) fn hyper(e: &hyper::Error) -> Self {
+    /// Classifies an HTTP/2 error on a request's stream or connection.
+    pub(crate) fn h2(e: &h2::Error) -> Self {
         let text = error_chain(e);
-        let io = io_kind(e);
-        let kind = if e.is_incomplete_message() || io == Some(std::io::ErrorKind::UnexpectedEof) {
-            ErrorKind::ClosedMidResponse
-        } else if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-            ErrorKind::Protocol
-        } else if e.is_timeout() {
-            ErrorKind::Timeout
-        } else if is_h2_reset(&text)
-            || io.is_some_and(|k| {
-                matches!(
-                    k,
-                    std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                )
-            })
-        {
+        let kind = if e.is_reset() || e.is_go_away() {
             ErrorKind::Reset
-        } else if e.is_closed() || e.is_canceled() {
-            ErrorKind::ClosedMidResponse
+        } else if let Some(io) = e.get_io() {
+            match io.kind() {
+                std::io::ErrorKind::UnexpectedEof => ErrorKind::ClosedMidResponse,
+                std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::BrokenPipe => ErrorKind::Reset,
+                _ => ErrorKind::Other,
+            }
+        } else if e.is_library() {
+            ErrorKind::Protocol
         } else {
             ErrorKind::Other
         };
         Failure::new(kind, text)
     }
-}
-
-/// hyper does not expose h2's error type; its text names resets and GOAWAYs.
-fn is_h2_reset(text: &str) -> bool {
-    [
-        "stream error",
-        "GOAWAY",
-        "RST_STREAM",
-        "connection error",
-        "REFUSED_STREAM",
-    ]
-    .iter()
-    .any(|m| text.contains(m))
-}
-
-fn io_kind(e: &hyper::Error) -> Option<std::io::ErrorKind> {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        src = s.source();
-    }
-    None
 }
 
 /// The error and its sources, `: `-joined.
