@@ -241,13 +241,17 @@ async fn run_inner(
     if let Some(live) = &spec.live {
         live.set_running(true, step_rates.first().copied().flatten());
     }
-    let mut timeline = Vec::new();
+    let mut timeline = Timeline {
+        start,
+        measure_from: measure_start_offset,
+        sent: 0,
+        errors: 0,
+        entries: Vec::new(),
+    };
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::from_std(start) + Duration::from_secs(1),
         Duration::from_secs(1),
     );
-    let mut last_sent = 0;
-    let mut errors_total = 0u64;
     let mut was_interrupted = false;
     let mut interrupted_at = None;
     let mut max_measure = (None, None);
@@ -292,29 +296,12 @@ async fn run_inner(
         };
         tokio::select! {
             _ = ticker.tick() => {
-                let snap = shared.stats.take_interval();
-                let sent = shared.stats.sent.load(Ordering::Relaxed);
-                let t = start.elapsed();
-                let iv = Interval {
-                    t: t.as_secs_f64(),
-                    warmup: t <= measure_start_offset,
-                    sent: sent - last_sent,
-                    completed: snap.completed,
-                    errors: snap.errors,
-                    p50_ms: snap.p50_ms,
-                    p99_ms: snap.p99_ms,
-                    max_ms: snap.max_ms,
-                };
-                last_sent = sent;
-                errors_total += snap.errors;
+                let iv = timeline.record(&shared.stats, spec.live.as_deref());
                 if let Some(p) = &mut progress {
+                    let t = Duration::from_secs_f64(iv.t);
                     let rate = current_rate(&spec.rate, &step_rates, t, spec.warmup, spec.duration);
-                    p.show(&iv, total, sent, errors_total, rate);
+                    p.show(&iv, total, timeline.sent, timeline.errors, rate);
                 }
-                if let Some(live) = &spec.live {
-                    live.add(&iv, &snap.latency);
-                }
-                timeline.push(iv);
             }
             r = workers.join_next() => {
                 if r.is_none() {
@@ -344,24 +331,13 @@ async fn run_inner(
     shared.max_phase.store(2, Ordering::Relaxed);
     let scheduler_lag = probe.await.unwrap_or_else(|_| histogram());
     // The last, partial second.
-    let snap = shared.stats.take_interval();
-    if snap.completed > 0 {
-        let sent = shared.stats.sent.load(Ordering::Relaxed);
-        let t = start.elapsed();
-        let iv = Interval {
-            t: t.as_secs_f64(),
-            warmup: t <= measure_start_offset,
-            sent: sent - last_sent,
-            completed: snap.completed,
-            errors: snap.errors,
-            p50_ms: snap.p50_ms,
-            p99_ms: snap.p99_ms,
-            max_ms: snap.max_ms,
-        };
-        if let Some(live) = &spec.live {
-            live.add(&iv, &snap.latency);
-        }
-        timeline.push(iv);
+    timeline.record(&shared.stats, spec.live.as_deref());
+    if timeline
+        .entries
+        .last()
+        .is_some_and(|iv| iv.completed == 0 && iv.sent == 0)
+    {
+        timeline.entries.pop();
     }
     let pacer_lag = match pacer {
         Some(h) => tokio::task::spawn_blocking(move || h.join().ok())
@@ -541,9 +517,45 @@ async fn run_inner(
             warnings,
         },
         steps,
-        timeline,
+        timeline: timeline.entries,
         interrupted: was_interrupted,
     })
+}
+
+/// One [`Interval`] a second, and the running totals of the live line.
+struct Timeline {
+    start: Instant,
+    measure_from: Duration,
+    /// Requests sent so far, and failed so far.
+    sent: u64,
+    errors: u64,
+    entries: Vec<Interval>,
+}
+
+impl Timeline {
+    /// Closes the current interval: appends it, feeds `live`, returns it.
+    fn record(&mut self, stats: &Stats, live: Option<&crate::progress::Live>) -> Interval {
+        let snap = stats.take_interval();
+        let sent = stats.sent.load(Ordering::Relaxed);
+        let t = self.start.elapsed();
+        let iv = Interval {
+            t: t.as_secs_f64(),
+            warmup: t <= self.measure_from,
+            sent: sent - self.sent,
+            completed: snap.completed,
+            errors: snap.errors,
+            p50_ms: snap.p50_ms,
+            p99_ms: snap.p99_ms,
+            max_ms: snap.max_ms,
+        };
+        self.sent = sent;
+        self.errors += snap.errors;
+        if let Some(live) = live {
+            live.add(&iv, &snap.latency);
+        }
+        self.entries.push(iv.clone());
+        iv
+    }
 }
 
 /// The offered rate at `t` since the start, for the live line.

@@ -30,13 +30,9 @@ pub(crate) enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub(crate) const COUNT: usize = 11;
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
-
-    pub(crate) fn from_index(i: usize) -> ErrorKind {
+    pub(crate) const COUNT: usize = Self::ALL.len();
+    /// Every kind, in declaration order (so `ALL[k.index()] == k`).
+    const ALL: [ErrorKind; 11] = {
         use ErrorKind::*;
         [
             ConnectRefused,
@@ -50,7 +46,15 @@ impl ErrorKind {
             GrpcStatus,
             ExpiredInQueue,
             Other,
-        ][i]
+        ]
+    };
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    pub(crate) fn from_index(i: usize) -> ErrorKind {
+        Self::ALL[i]
     }
 
     pub(crate) fn name(self) -> &'static str {

@@ -98,14 +98,19 @@ pub struct StepReport {
     pub service_time_ms: Percentiles,
 }
 
+/// Errors as a share of requests (0.0 when there were none).
+fn ratio(errors: u64, requests: u64) -> f64 {
+    if requests == 0 {
+        0.0
+    } else {
+        errors as f64 / requests as f64
+    }
+}
+
 impl StepReport {
     /// Errors as a share of requests (0.0 when there were none).
     pub fn error_ratio(&self) -> f64 {
-        if self.requests == 0 {
-            0.0
-        } else {
-            self.errors as f64 / self.requests as f64
-        }
+        ratio(self.errors, self.requests)
     }
 }
 
@@ -166,11 +171,7 @@ pub struct Report {
 impl Report {
     /// Errors as a share of requests (0.0 when there were none).
     pub fn error_ratio(&self) -> f64 {
-        if self.requests == 0 {
-            0.0
-        } else {
-            self.errors as f64 / self.requests as f64
-        }
+        ratio(self.errors, self.requests)
     }
 
     /// The report as one step (what `weft capacity` compares to its SLO).

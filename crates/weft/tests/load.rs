@@ -236,21 +236,7 @@ fn python() -> Option<std::path::PathBuf> {
 }
 
 async fn grpc_server(py: &Path) -> (tokio::process::Child, SocketAddr) {
-    let port = free_port();
-    let child = tokio::process::Command::new(py)
-        .arg(grpc_check_script())
-        .args(["server", "--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until("grpc server up", READY, || {
-        tokio::net::TcpStream::connect(addr)
-    })
-    .await
-    .unwrap();
-    (child, addr)
+    grpc_echo_server(py, None).await
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use weft_test_support::{free_port, wait_until};
+use weft_test_support::wait_until;
 
 const ROUTE: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -27,21 +27,7 @@ spec:
 
 /// A grpc_check.py echo server answering with `x-server-name: name`.
 async fn named_server(py: &Path, name: &str) -> (tokio::process::Child, SocketAddr) {
-    let port = free_port();
-    let child = tokio::process::Command::new(py)
-        .arg(grpc_check_script())
-        .args(["server", "--port", &port.to_string(), "--name", name])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_until("grpc server up", READY, || {
-        tokio::net::TcpStream::connect(addr)
-    })
-    .await
-    .unwrap();
-    (child, addr)
+    grpc_echo_server(py, Some(name)).await
 }
 
 /// Which server answered `count` calls of `method` made through

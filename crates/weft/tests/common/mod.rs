@@ -186,6 +186,33 @@ pub fn grpc_check_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/grpc/grpc_check.py")
 }
 
+/// A grpc_check.py echo server on a free port, up and accepting; with a
+/// name it answers with trailer `x-server-name: NAME`.
+pub async fn grpc_echo_server(
+    py: &Path,
+    name: Option<&str>,
+) -> (tokio::process::Child, SocketAddr) {
+    let port = weft_test_support::free_port();
+    let mut cmd = tokio::process::Command::new(py);
+    cmd.arg(grpc_check_script())
+        .args(["server", "--port", &port.to_string()]);
+    if let Some(name) = name {
+        cmd.args(["--name", name]);
+    }
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_until("grpc server up", READY, || {
+        tokio::net::TcpStream::connect(addr)
+    })
+    .await
+    .unwrap();
+    (child, addr)
+}
+
 /// A running `weft control`.
 pub struct ControlPlane {
     pub proc: WeftProcess,
