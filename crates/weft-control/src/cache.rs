@@ -159,12 +159,14 @@ fn endpoint_only_changes(old: &Config, new: &Config) -> Option<Vec<usize>> {
         grpc_routes,
         traffic_splits,
         http_route_groups,
+        traffic_policies,
     } = old;
     let rest_same = *gateways == new.gateways
         && *http_routes == new.http_routes
         && *grpc_routes == new.grpc_routes
         && *traffic_splits == new.traffic_splits
-        && *http_route_groups == new.http_route_groups;
+        && *http_route_groups == new.http_route_groups
+        && *traffic_policies == new.traffic_policies;
     rest_same.then_some(changed)
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod gateway;
 mod grpc_route;
 mod load;
+mod policy;
 mod references;
 mod route;
 mod service;
@@ -27,6 +28,12 @@ pub use grpc_route::{
     GrpcMethodMatch, GrpcMethodMatchType, GrpcRoute, GrpcRouteMatch, GrpcRouteRule,
 };
 pub use load::{load_dir, load_documents, load_str};
+pub use policy::{
+    BalancerKind, Budget, CodeValue, EffectivePolicy, FailureCodes, HeaderCodes, HedgeDelay,
+    Hedging, LoadBalancer, LocalityPreference, OutlierDetection, PolicyScope, PolicySections,
+    PolicyTargetKind, PolicyTargetRef, Retry, Reweighting, SlowStart, SuccessRateEjection,
+    TrafficPolicy,
+};
 pub use route::{
     BackendRef, HeaderMatch, HeaderMatchType, HttpRoute, HttpRouteMatch, HttpRouteRule,
     HttpRouteTimeouts, ParentKind, ParentRef, PathMatch, PathMatchType, hostname_intersection,
@@ -85,6 +92,7 @@ pub struct Config {
     pub grpc_routes: Vec<GrpcRoute>,
     pub traffic_splits: Vec<TrafficSplit>,
     pub http_route_groups: Vec<HttpRouteGroup>,
+    pub traffic_policies: Vec<TrafficPolicy>,
 }
 
 /// Binary search in a list sorted by (namespace, name).

@@ -138,6 +138,7 @@ pub fn load_documents(files: Vec<(PathBuf, String)>) -> Result<Config, ConfigErr
                 Loaded::GrpcRoute(r) => config.grpc_routes.push(r),
                 Loaded::TrafficSplit(t) => config.traffic_splits.push(t),
                 Loaded::HttpRouteGroup(g) => config.http_route_groups.push(g),
+                Loaded::TrafficPolicy(t) => config.traffic_policies.push(*t),
             }
         }
     }
@@ -153,7 +154,8 @@ pub fn load_documents(files: Vec<(PathBuf, String)>) -> Result<Config, ConfigErr
         http_routes,
         grpc_routes,
         traffic_splits,
-        http_route_groups
+        http_route_groups,
+        traffic_policies
     );
     crate::references::check(&config, &docs, &mut errors);
 
@@ -194,6 +196,7 @@ enum Loaded {
     GrpcRoute(crate::GrpcRoute),
     TrafficSplit(crate::TrafficSplit),
     HttpRouteGroup(crate::HttpRouteGroup),
+    TrafficPolicy(Box<crate::TrafficPolicy>),
 }
 
 /// Every supported kind and the apiVersion it must have.
@@ -204,6 +207,7 @@ const KINDS: &[(&str, &str)] = &[
     ("GRPCRoute", GATEWAY_API_VERSION),
     ("TrafficSplit", SMI_SPLIT_API_VERSION),
     ("HTTPRouteGroup", SMI_SPECS_API_VERSION),
+    ("TrafficPolicy", WEFT_API_VERSION),
 ];
 
 /// Checks the envelope (`apiVersion`, `kind`, `metadata`) and the spec of one
@@ -309,7 +313,10 @@ fn load_document(
     }
     let spec = obj.remove("spec").unwrap_or(Value::Null);
     macro_rules! load {
-        ($spec:ty, $variant:ident) => {{
+        ($spec:ty, $variant:ident) => {
+            load!($spec, $variant, std::convert::identity)
+        };
+        ($spec:ty, $variant:ident, $wrap:expr) => {{
             let Some(spec) = parse_spec::<$spec>(spec, docref, errors) else {
                 return Some(Loaded::Broken);
             };
@@ -317,7 +324,7 @@ fn load_document(
                 doc: docref,
                 out: errors,
             };
-            Loaded::$variant(spec.validate(name, namespace, &mut p))
+            Loaded::$variant($wrap(spec.validate(name, namespace, &mut p)))
         }};
     }
     let loaded = match kind.as_str() {
@@ -327,6 +334,7 @@ fn load_document(
         "GRPCRoute" => load!(GrpcRouteSpec, GrpcRoute),
         "TrafficSplit" => load!(TrafficSplitSpec, TrafficSplit),
         "HTTPRouteGroup" => load!(HttpRouteGroupSpec, HttpRouteGroup),
+        "TrafficPolicy" => load!(crate::policy::TrafficPolicySpec, TrafficPolicy, Box::new),
         _ => unreachable!("every kind of KINDS is loaded"),
     };
     // An invalid document still takes part in reference checks, so one

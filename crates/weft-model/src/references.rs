@@ -25,6 +25,7 @@ pub(crate) fn check(config: &Config, docs: &Documents, errors: &mut Vec<ConfigEr
     }
     check_route_kind_conflicts(config, docs, errors);
     check_traffic_splits(config, docs, errors);
+    crate::policy::check_policies(config, docs, errors);
 }
 
 /// What the checks need of an HTTPRoute or a GRPCRoute.
@@ -74,7 +75,7 @@ fn backends<'a>(rules: impl Iterator<Item = &'a Vec<BackendRef>>) -> Vec<(String
 }
 
 /// Runs `f` with the problems of document `kind/namespace/name`.
-fn with_doc(
+pub(crate) fn with_doc(
     docs: &Documents,
     errors: &mut Vec<ConfigError>,
     kind: &str,

@@ -1,0 +1,358 @@
+use std::time::Duration;
+
+use crate::*;
+
+const BASE: &str = r#"
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: catalog}
+spec:
+  ports: [{name: http, port: 8080, protocol: http}]
+  endpoints: [{address: "127.0.0.1:9001"}, {address: "127.0.0.1:9002"}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: shop}
+spec:
+  parentRefs: [{kind: Service, name: catalog, port: 8080}]
+  rules:
+  - name: read
+    matches: [{method: GET}]
+    backendRefs: [{name: catalog}]
+  - backendRefs: [{name: catalog}]
+"#;
+
+fn load(policies: &str) -> Result<Config, Vec<String>> {
+    load_str(&format!("{BASE}\n---\n{policies}"), "test.yaml")
+        .map_err(|e| e.iter().map(|e| e.to_string()).collect())
+}
+
+fn errors(policies: &str) -> Vec<String> {
+    match load(policies) {
+        Ok(_) => panic!("expected errors for:\n{policies}"),
+        Err(e) => e,
+    }
+}
+
+fn has(errors: &[String], needles: &[&str]) {
+    assert!(
+        errors.iter().any(|e| needles.iter().all(|n| e.contains(n))),
+        "no error with {needles:?} in {errors:#?}"
+    );
+}
+
+#[test]
+fn a_full_policy_loads_with_every_section() {
+    let c = load(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: tail}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  loadBalancer:
+    type: LatencyAware
+    choices: 3
+    defaultRtt: 20ms
+    decay: 5s
+    locality: {minHealthyPercent: 60}
+    slowStart: {window: 30s, minWeightPercent: 10, aggression: 2.0}
+  failureCodes:
+    http: ["5xx", 429, "500-504"]
+    grpc: [UNAVAILABLE, 4, deadline_exceeded]
+    header: {name: X-Biz-Code, values: ["5003", "5100-5199", "E_QUOTA"]}
+    latencyAbove: 2s
+  reweighting: {halfLife: 2s, minWeightPercent: 5, recovery: 20s}
+  outlierDetection:
+    consecutiveFailures: 3
+    baseEjectionTime: 10s
+    maxEjectionPercent: 34
+    successRate: {minRequests: 50, stdevFactor: 1.5}
+    panicThresholdPercent: 40
+  hedging: {percentile: 95, minDelay: 5ms, maxDelay: 200ms, requiredHistory: 50, maxAttempts: 3}
+  retry: {maxRetries: 3, backoff: {base: 10ms, max: 100ms}, perTryTimeout: 500ms}
+  budget: {percent: 5, minPerSecond: 3, window: 10s}
+"#,
+    )
+    .unwrap();
+    let p = &c.traffic_policies[0];
+    let s = &p.sections;
+    let lb = s.load_balancer.as_ref().unwrap();
+    assert_eq!((lb.kind, lb.choices), (BalancerKind::LatencyAware, 3));
+    assert_eq!(lb.default_rtt, Duration::from_millis(20));
+    assert_eq!(lb.slow_start.as_ref().unwrap().aggression, 2.0);
+    let fc = s.failure_codes.as_ref().unwrap();
+    assert_eq!(fc.http, vec![(500, 599), (429, 429), (500, 504)]);
+    assert_eq!(fc.grpc, vec![14, 4, 4]);
+    let h = fc.header.as_ref().unwrap();
+    assert_eq!(h.name, "x-biz-code");
+    assert!(
+        h.values[0].matches("5003")
+            && h.values[1].matches(" 5150 ")
+            && h.values[2].matches("E_QUOTA")
+    );
+    assert!(!h.values[1].matches("5200"));
+    assert!(fc.connect_failure && fc.timeout, "defaults kept");
+    assert_eq!(
+        s.hedging.as_ref().unwrap().delay,
+        HedgeDelay::Percentile {
+            percentile: 95.0,
+            min_delay: Duration::from_millis(5),
+            max_delay: Some(Duration::from_millis(200)),
+            required_history: 50
+        }
+    );
+    assert_eq!(s.retry.as_ref().unwrap().max_retries, 3);
+    assert_eq!(s.budget.as_ref().unwrap().percent, 5.0);
+    assert_eq!(s.set_names().len(), 7);
+}
+
+#[test]
+fn absent_fields_take_documented_defaults() {
+    let c = load(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: d}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  loadBalancer: {}
+  outlierDetection: {}
+  hedging: {delay: 10ms}
+"#,
+    )
+    .unwrap();
+    let s = &c.traffic_policies[0].sections;
+    assert_eq!(s.load_balancer.as_ref().unwrap(), &LoadBalancer::default());
+    assert_eq!(
+        s.outlier_detection.as_ref().unwrap(),
+        &OutlierDetection::default()
+    );
+    let h = s.hedging.as_ref().unwrap();
+    assert_eq!((h.max_attempts, h.non_idempotent), (2, false));
+    assert_eq!(h.delay, HedgeDelay::Fixed(Duration::from_millis(10)));
+}
+
+#[test]
+fn bad_values_are_named_by_field() {
+    let e = errors(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: bad}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  loadBalancer: {type: Random, choices: 1, decay: 0s}
+  failureCodes: {http: ["6xx", "504-500", 700], grpc: [NOPE, OK, 17], header: {name: "bad name", values: []}}
+  outlierDetection: {maxEjectionPercent: 150, baseEjectionTime: 1m, maxEjectionTime: 10s}
+  hedging: {delay: 10ms, percentile: 95}
+  retry: {maxRetries: 50, backoff: {base: 1s, max: 10ms}}
+  budget: {percent: 300}
+"#,
+    );
+    has(&e, &["spec.loadBalancer.type", "Random"]);
+    has(&e, &["spec.loadBalancer.choices", "2 to 16"]);
+    has(&e, &["spec.loadBalancer.decay", "greater than 0"]);
+    has(&e, &["spec.failureCodes.http[0]", "6xx"]);
+    has(&e, &["spec.failureCodes.http[1]", "reversed"]);
+    has(&e, &["spec.failureCodes.http[2]", "700"]);
+    has(&e, &["spec.failureCodes.grpc[0]", "NOPE"]);
+    has(&e, &["spec.failureCodes.grpc[1]", "OK cannot be a failure"]);
+    has(&e, &["spec.failureCodes.grpc[2]", "17"]);
+    has(&e, &["spec.failureCodes.header.name", "bad name"]);
+    has(&e, &["spec.failureCodes.header.values"]);
+    has(&e, &["spec.outlierDetection.maxEjectionPercent", "150"]);
+    has(&e, &["spec.outlierDetection.maxEjectionTime", "shorter"]);
+    has(&e, &["spec.hedging.delay", "not both"]);
+    has(&e, &["spec.retry.maxRetries", "at most 10"]);
+    has(&e, &["spec.retry.backoff.max", "shorter"]);
+    has(&e, &["spec.budget.percent", "300"]);
+}
+
+#[test]
+fn unknown_fields_and_empty_policies_are_rejected() {
+    has(
+        &errors(
+            r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: typo}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  hedging: {dealy: 10ms}
+"#,
+        ),
+        &["spec.hedging", "dealy"],
+    );
+    has(
+        &errors(
+            r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: empty}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+"#,
+        ),
+        &["sets nothing"],
+    );
+    has(
+        &errors(
+            r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: untargeted}
+spec:
+  retry: {}
+"#,
+        ),
+        &["spec.targetRefs", "at least one target"],
+    );
+}
+
+#[test]
+fn targets_must_exist_and_sections_must_name_a_rule_or_port() {
+    let e = errors(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: refs}
+spec:
+  targetRefs:
+  - {kind: Service, name: nope}
+  - {kind: HTTPRoute, name: shop, sectionName: write}
+  - {kind: Service, name: catalog, sectionName: grpc}
+  - {kind: Gateway, name: edge}
+  - {group: gateway.networking.k8s.io, kind: Service, name: catalog}
+  retry: {}
+"#,
+    );
+    has(
+        &e,
+        &[
+            "spec.targetRefs[0].name",
+            "Service default/nope does not exist",
+        ],
+    );
+    has(
+        &e,
+        &[
+            "spec.targetRefs[1].sectionName",
+            "no rule named \"write\"",
+            "read",
+        ],
+    );
+    has(
+        &e,
+        &[
+            "spec.targetRefs[2].sectionName",
+            "no port named \"grpc\"",
+            "http",
+        ],
+    );
+    has(&e, &["spec.targetRefs[3].kind", "Gateway"]);
+    has(&e, &["spec.targetRefs[4].group"]);
+}
+
+#[test]
+fn two_policies_setting_one_section_on_one_target_conflict() {
+    let e = errors(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: a}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  retry: {}
+  hedging: {delay: 5ms}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: b}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  retry: {maxRetries: 1}
+"#,
+    );
+    has(
+        &e,
+        &[
+            "TrafficPolicy/default/b",
+            "default/a already sets retry",
+            "catalog",
+        ],
+    );
+    // Different sections on one target merge.
+    load(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: a}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  retry: {}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: b}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  hedging: {delay: 5ms}
+"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_most_specific_level_wins_per_section() {
+    let c = load(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: svc}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  retry: {maxRetries: 1}
+  budget: {percent: 20}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: route}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: shop}]
+  retry: {maxRetries: 2}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: rule}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: shop, sectionName: read}]
+  retry: {maxRetries: 3}
+  hedging: {delay: 5ms}
+"#,
+    )
+    .unwrap();
+    let scope = |rule: Option<&'static str>| PolicyScope {
+        namespace: "default",
+        service: "catalog",
+        port_name: Some("http"),
+        route: Some((PolicyTargetKind::HTTPRoute, "shop", rule)),
+    };
+    let read = c.effective_policy(scope(Some("read")));
+    assert_eq!(read.sections.retry.as_ref().unwrap().max_retries, 3);
+    assert!(read.sections.hedging.is_some());
+    assert_eq!(read.sections.budget.as_ref().unwrap().percent, 20.0);
+    assert!(read.sources.contains(&("retry", "default/rule".to_owned())));
+    assert!(read.sources.contains(&("budget", "default/svc".to_owned())));
+    let other = c.effective_policy(scope(None));
+    assert_eq!(other.sections.retry.as_ref().unwrap().max_retries, 2);
+    assert!(other.sections.hedging.is_none());
+    let direct = c.effective_policy(PolicyScope {
+        namespace: "default",
+        service: "catalog",
+        port_name: None,
+        route: None,
+    });
+    assert_eq!(direct.sections.retry.as_ref().unwrap().max_retries, 1);
+    assert_eq!(direct.sources.len(), 2);
+}
