@@ -15,7 +15,7 @@
 //!     http: ["5xx", "429"]
 //!     grpc: [UNAVAILABLE, DEADLINE_EXCEEDED]
 //!     header: {name: x-biz-code, values: ["5003", "5100-5199"]}
-//!   reweighting: {halfLife: 5s, minWeightPercent: 5, recovery: 10s}
+//!   reweighting: {halfLife: 1s, minWeightPercent: 5, recovery: 10s}
 //!   outlierDetection: {consecutiveFailures: 5, baseEjectionTime: 30s, maxEjectionPercent: 50}
 //!   hedging: {percentile: 95, minDelay: 5ms, requiredHistory: 100, maxAttempts: 2}
 //!   retry: {maxRetries: 2, backoff: {base: 25ms, max: 250ms}}
@@ -209,20 +209,23 @@ pub struct FailureCodes {
     /// A business error code in a response header or gRPC trailer.
     pub header: Option<HeaderCodes>,
     pub connect_failure: bool,
+    /// A connection or stream reset mid-response.
+    pub reset: bool,
     pub timeout: bool,
     /// Responses slower than this count as failures.
     pub latency_above: Option<Duration>,
 }
 
 impl Default for FailureCodes {
-    /// 5xx, gRPC UNAVAILABLE / INTERNAL / DEADLINE_EXCEEDED, connect
-    /// failures and timeouts.
+    /// 5xx, gRPC UNKNOWN / DEADLINE_EXCEEDED / INTERNAL / UNAVAILABLE /
+    /// DATA_LOSS, connect failures, resets and timeouts.
     fn default() -> Self {
         FailureCodes {
             http: vec![(500, 599)],
-            grpc: vec![4, 13, 14],
+            grpc: vec![2, 4, 13, 14, 15],
             header: None,
             connect_failure: true,
+            reset: true,
             timeout: true,
             latency_above: None,
         }
@@ -271,7 +274,7 @@ impl Default for Reweighting {
     fn default() -> Self {
         Reweighting {
             enabled: true,
-            half_life: Duration::from_secs(5),
+            half_life: Duration::from_secs(1),
             min_weight_percent: 5,
             recovery: Duration::from_secs(10),
         }
@@ -299,10 +302,10 @@ impl Default for OutlierDetection {
     fn default() -> Self {
         OutlierDetection {
             consecutive_failures: 5,
-            interval: Duration::from_secs(1),
+            interval: Duration::from_secs(10),
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
-            max_ejection_percent: 50,
+            max_ejection_percent: 10,
             success_rate: None,
             panic_threshold_percent: 50,
         }

@@ -80,6 +80,7 @@ struct FailureCodesSpec {
     grpc: Option<Vec<CodeSpec>>,
     header: Option<HeaderCodesSpec>,
     connect_failure: Option<bool>,
+    reset: Option<bool>,
     timeout: Option<bool>,
     latency_above: Option<String>,
 }
@@ -526,6 +527,7 @@ impl FailureCodesSpec {
             grpc,
             header,
             connect_failure: self.connect_failure.unwrap_or(d.connect_failure),
+            reset: self.reset.unwrap_or(d.reset),
             timeout: self.timeout.unwrap_or(d.timeout),
             latency_above,
         }
