@@ -19,8 +19,10 @@
 #
 # Per target and protocol:
 #   max throughput  h1: wrk -t1 -c32 -dS (keep-alive); h2c: h2load -c32 -m10 -t1 -D S
-#   latency (h1)    wrk, 10 connections each paced to 100 req/s by a Lua delay() (~1,000 req/s),
-#                   p50/p99/p99.9; "added" = target minus direct, per round, then the median
+#   latency         weft load --rate 1000 -c 10 --threads 1 -d S (h2c: --http2), open loop on a
+#                   fixed schedule, latency from each request's intended send time (corrected for
+#                   coordinated omission); p50/p99/p99.9; "added" = target minus direct, per
+#                   round, then the median
 #   CPU             proxy utime+stime (/proc/PID/stat, whole process tree) during the max run,
 #                   in CPU-seconds per 10k requests
 #   RSS             proxy VmRSS (process tree) idle after start, and VmHWM (peak) after load
@@ -31,7 +33,8 @@
 #                        (a built-in nginx that answers 200 on an h1 port and an h2c port) or
 #                        a shell command with {port}, {h2port} and {body_size} placeholders
 #                        (without {h2port} the h2c upstream is {port} too).
-#   WEFT_BIN             weft binary to use (default target/release/weft, built here).
+#   WEFT_BIN             weft binary to use, also for `weft load` (default target/release/weft,
+#                        built here).
 #   BENCH_PROXY_CPU / BENCH_LOAD_CPU   CPUs for proxy+upstream / load tool (default 1 / 0).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -83,8 +86,7 @@ if (($(nproc) < 2)); then
 fi
 AUTHORITY=upstream                # Host / :authority the clients send (the weft Service name)
 MAX_CONNS=32 H2_STREAMS=10        # max-throughput runs
-LAT_CONNS=10 LAT_RATE=1000        # latency runs: LAT_CONNS connections, LAT_RATE req/s in all
-LAT_DELAY_MS=$((LAT_CONNS * 1000 / LAT_RATE))
+LAT_CONNS=10 LAT_RATE=1000        # latency runs (weft load): LAT_CONNS connections, LAT_RATE req/s
 CLK_TCK=$(getconf CLK_TCK)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -96,19 +98,15 @@ for tool in wrk h2load haproxy nginx taskset curl; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool not found after setup"
 done
 
-need_weft=0
-[[ -z "${BENCH_UPSTREAM_CMD:-}" ]] && need_weft=1
-[[ ",$TARGETS," == *,weft,* ]] && need_weft=1
+# weft is always needed: `weft load` drives the latency runs.
 WEFT=${WEFT_BIN:-$WEFT_ROOT/target/release/weft}
-if ((need_weft)); then
-    if ((BUILD)) && [[ -z "${WEFT_BIN:-}" ]]; then
-        log "cargo build --release -p weft"
-        s=$(date +%s.%N)
-        cargo build --release -p weft
-        log "built in $(elapsed_since "$s")"
-    fi
-    [[ -x "$WEFT" ]] || die "weft binary $WEFT not found (build it, or set WEFT_BIN / BENCH_UPSTREAM_CMD)"
+if ((BUILD)) && [[ -z "${WEFT_BIN:-}" ]]; then
+    log "cargo build --release -p weft"
+    s=$(date +%s.%N)
+    cargo build --release -p weft
+    log "built in $(elapsed_since "$s")"
 fi
+[[ -x "$WEFT" ]] || die "weft binary $WEFT not found (build it, or set WEFT_BIN)"
 
 WORK=$(mktemp -d /tmp/weft-bench.XXXXXX)
 RESULTS=$WORK/results.tsv
@@ -117,96 +115,9 @@ NOTES=$WORK/notes.txt
 : >"$NOTES"
 
 # ------------------------------------------------------------------------------ processes
-STARTED=()   # pids of every background process this script started
-
-alive() { # PID: running and not a zombie
-    local st
-    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
-    [[ -n "$st" && "$st" != Z && "$st" != X ]]
-}
-
-tree() { # PID: the pid and all its descendants
-    local p=$1 c
-    printf '%s\n' "$p"
-    for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do
-        tree "$c"
-    done
-}
-
-stop_pid() { # PID: TERM its process tree, wait up to 5 s, then KILL what is left
-    local pid=$1 i k
-    [[ -n "$pid" ]] || return 0
-    local -a kids=()
-    mapfile -t kids < <(tree "$pid" | tail -n +2)
-    kill -TERM "$pid" "${kids[@]}" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        alive "$pid" || break
-        sleep 0.1
-    done
-    if alive "$pid"; then
-        log "pid $pid did not exit on TERM: KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    for k in "${kids[@]}"; do
-        if alive "$k"; then kill -KILL "$k" 2>/dev/null || true; fi
-    done
-    wait "$pid" 2>/dev/null || true
-    local keep=() p
-    for p in "${STARTED[@]}"; do
-        [[ "$p" == "$pid" ]] || keep+=("$p")
-    done
-    STARTED=("${keep[@]+"${keep[@]}"}")
-}
-
-cleanup() {
-    local rc=$? i
-    trap - EXIT INT TERM
-    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-        stop_pid "${STARTED[i]}"
-    done
-    if ((KEEP)) || ((rc != 0)); then
-        log "work dir kept: $WORK"
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
-
-BG_PID=""
-start_bg() { # LOGFILE CMD...: start CMD pinned to the proxy CPU; sets BG_PID
-    local logf=$1
-    shift
-    taskset -c "$PROXY_CPU" "$@" >"$logf" 2>&1 </dev/null &
-    BG_PID=$!
-    STARTED+=("$BG_PID")
-}
-
-http_status() { # URL [curl args...]: prints the status code (000 on failure)
-    local url=$1
-    shift
-    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true
-}
-
-wait_200() { # NAME PID LOGFILE URL [curl args...]: wait up to 20 s for a 200
-    local name=$1 pid=$2 logf=$3 url=$4 i code=000
-    shift 4
-    for ((i = 0; i < 200; i++)); do
-        if ! alive "$pid"; then
-            log "$name exited during start-up; last lines of $logf:"
-            tail -n 20 "$logf" >&2 || true
-            return 1
-        fi
-        code=$(http_status "$url" "$@")
-        [[ "$code" == 200 ]] && return 0
-        sleep 0.1
-    done
-    log "$name: no 200 from $url after 20 s (last status $code); last lines of $logf:"
-    tail -n 20 "$logf" >&2 || true
-    return 1
-}
+# shellcheck source=scripts/bench-lib.sh
+BG_CPU=$PROXY_CPU
+source "$WEFT_ROOT/scripts/bench-lib.sh"
 
 curl_proto_args() { # PROTO: curl args for a request in that protocol
     if [[ $1 == h2c ]]; then
@@ -260,12 +171,6 @@ end
 LUA
     )
     printf '%s\n' "$done_fn" >"$WORK/max.lua"
-    {
-        printf -- '-- each connection waits %d ms between requests: %d connections ~ %d req/s\n' \
-            "$LAT_DELAY_MS" "$LAT_CONNS" "$LAT_RATE"
-        printf 'delay = function() return %d end\n' "$LAT_DELAY_MS"
-        printf '%s\n' "$done_fn"
-    } >"$WORK/pace.lua"
 }
 
 LAST_BENCH=""
@@ -301,6 +206,31 @@ run_h2load() { # PORT SECONDS: sets LAST_H2 to "requests=<2xx> rps=<req/s> bad=<
     # them are expected; more than that is a real failure.
     if ((failed <= MAX_CONNS * H2_STREAMS)); then failed=0; fi
     LAST_H2="requests=$ok2 rps=$fin bad=$bad failed=$failed"
+}
+
+LAST_LOAD=""
+run_weft_load() { # PORT PROTO: latency run; sets LAST_LOAD to "rps=.. p50_us=.. p99_us=.. p999_us=.. errors=.. saturated=0|1"
+    local port=$1 proto=$2 out=$WORK/load.json
+    # -H Host: the authority (HTTP/1.1 Host, HTTP/2 :authority) the proxy routes by
+    local -a args=(--rate "$LAT_RATE" -c "$LAT_CONNS" --threads 1 -d "${DURATION}s" --warmup "${WARMUP}s"
+        -H "Host: $AUTHORITY" --json -q)
+    [[ $proto == h2c ]] && args+=(--http2)
+    taskset -c "$LOAD_CPU" "$WEFT" load "http://127.0.0.1:$port/" "${args[@]}" \
+        >"$out" 2>"$WORK/load.err" || {
+        log "weft load failed: $(tail -n 5 "$WORK/load.err")"
+        return 1
+    }
+    LAST_LOAD=$(python3 - "$out" <<'PY'
+import json, sys
+
+d = json.load(open(sys.argv[1]))
+lat = d["latency_ms"]
+bad = sum(n for s, n in d["status_counts"].items() if not s.startswith("2"))
+print(f'rps={d["achieved_rate"]:.0f} p50_us={lat["p50"] * 1000:.1f} p99_us={lat["p99"] * 1000:.1f} '
+      f'p999_us={lat["p999"] * 1000:.1f} errors={d["errors"] + bad} '
+      f'saturated={int(bool(d["client"]["saturated"]))}')
+PY
+    ) || { log "weft load printed no result: $(head -c 500 "$out")"; return 1; }
 }
 
 # ------------------------------------------------------------------------------ upstream
@@ -596,31 +526,30 @@ measure() {
         msg+=", CPU $cpu10k s/10k req, RSS $(mib "$rss_idle") -> $(mib "$rss_peak") MiB"
     fi
     ((errs == 0)) || msg+=", $errs errors"
-    # (b) latency at a fixed moderate rate (HTTP/1.1)
-    if [[ $proto == h1 ]]; then
-        local spinner=""
-        if ((SPIN)); then
-            start_bg /dev/null chrt --idle 0 bash -c 'while :; do :; done'
-            spinner=$BG_PID
-        fi
-        if run_wrk "$port" "$LAT_CONNS" "$DURATION" "$WORK/pace.lua" --latency; then
-            line=$LAST_BENCH
-            local lreqs lrps p50 p99 p999 lerrs
-            lreqs=$(kv requests "$line")
-            lrps=$(awk -v r="$lreqs" -v d="$(kv duration_us "$line")" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-            p50=$(kv p50_us "$line") p99=$(kv p99_us "$line") p999=$(kv p999_us "$line")
-            lerrs=$(($(kv connect "$line") + $(kv read "$line") + $(kv write "$line") + $(kv status "$line") + $(kv timeout "$line")))
-            record "$ROUND" "$target" "$proto" lat_rps "$lrps"
-            record "$ROUND" "$target" "$proto" p50_us "$p50"
-            record "$ROUND" "$target" "$proto" p99_us "$p99"
-            record "$ROUND" "$target" "$proto" p999_us "$p999"
-            ((lerrs == 0)) || note "$target $proto: $lerrs errors in the latency run of round $ROUND"
-            msg+="; at $lrps req/s p50 ${p50}us p99 ${p99}us p99.9 ${p999}us"
-        else
-            note "$target $proto: latency run failed in round $ROUND"
-        fi
-        [[ -z "$spinner" ]] || stop_pid "$spinner"
+    # (b) latency at a fixed moderate rate, open loop
+    local spinner=""
+    if ((SPIN)); then
+        start_bg /dev/null chrt --idle 0 bash -c 'while :; do :; done'
+        spinner=$BG_PID
     fi
+    if run_weft_load "$port" "$proto"; then
+        line=$LAST_LOAD
+        local lrps p50 p99 p999 lerrs
+        lrps=$(kv rps "$line") lerrs=$(kv errors "$line")
+        p50=$(kv p50_us "$line") p99=$(kv p99_us "$line") p999=$(kv p999_us "$line")
+        record "$ROUND" "$target" "$proto" lat_rps "$lrps"
+        record "$ROUND" "$target" "$proto" p50_us "$p50"
+        record "$ROUND" "$target" "$proto" p99_us "$p99"
+        record "$ROUND" "$target" "$proto" p999_us "$p999"
+        ((lerrs == 0)) || note "$target $proto: $lerrs errors/non-2xx in the latency run of round $ROUND"
+        (($(kv saturated "$line") == 0)) ||
+            note "$target $proto: weft load reported itself saturated in the latency run of round $ROUND (report in the kept work dir)"
+        msg+="; at $lrps req/s p50 ${p50}us p99 ${p99}us p99.9 ${p999}us"
+    else
+        note "$target $proto: latency run failed in round $ROUND"
+        KEEP=1
+    fi
+    [[ -z "$spinner" ]] || stop_pid "$spinner"
     log "$msg"
     [[ -n "$pid" ]] && stop_pid "$pid"
     return 0
@@ -642,7 +571,7 @@ else
 fi
 note "every run is preceded by a ${WARMUP} s warm-up that is not measured; RSS idle is read before it"
 
-est=$((ROUNDS * ${#TARGET_LIST[@]} * (${#PROTO_LIST[@]} * (DURATION + WARMUP + 2) + DURATION)))
+est=$((ROUNDS * ${#TARGET_LIST[@]} * ${#PROTO_LIST[@]} * (2 * DURATION + 2 * WARMUP + 2)))
 log "$ROUNDS round(s) x targets [${TARGET_LIST[*]}] x protocols [${PROTO_LIST[*]}], ${DURATION} s runs: about $((est / 60)) min $((est % 60)) s"
 for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
     for target in "${TARGET_LIST[@]}"; do
@@ -663,7 +592,7 @@ cp "$RESULTS" "$WEFT_ROOT/target/bench/proxy-$TS.tsv"
     echo "- upstream: $UPSTREAM_DESC"
     echo "- $ROUNDS round(s), interleaved; medians across rounds. ${DURATION} s per run. workers/threads per proxy: $WORKERS"
     echo "- pinning: upstream + proxy on CPU $PROXY_CPU, load tool on CPU $LOAD_CPU"
-    echo "- max: wrk -t1 -c$MAX_CONNS (h1), h2load -t1 -c$MAX_CONNS -m$H2_STREAMS (h2c); latency: wrk -t1 -c$LAT_CONNS, each connection paced by delay() ${LAT_DELAY_MS} ms (~$LAT_RATE req/s)"
+    echo "- max: wrk -t1 -c$MAX_CONNS (h1), h2load -t1 -c$MAX_CONNS -m$H2_STREAMS (h2c); latency: weft load --rate $LAT_RATE -c $LAT_CONNS --threads 1 (h2c: --http2), open loop, from the intended send time (${WARMUP} s warm-up)"
     echo "- CPU-s/10k: proxy process tree utime+stime during the max run; RSS: VmRSS idle, VmHWM (peak) after load, summed over the process tree"
     echo "- load average at start: $LOAD_BEFORE"
     printf -- '- versions: envoy %s; %s; %s; %s; %s\n' \
@@ -721,7 +650,7 @@ for peer in ("envoy", "haproxy"):
         lines.append(
             f"| weft/{peer} | {p} | {ratio(med('weft', p, 'rps'), med(peer, p, 'rps'))} "
             f"| {ratio(med('weft', p, 'cpu_s_per_10k'), med(peer, p, 'cpu_s_per_10k'))} "
-            f"| {ratio(added('weft', p), added(peer, p)) if p == 'h1' else 'n/a'} |")
+            f"| {ratio(added('weft', p), added(peer, p))} |")
 print()
 if lines:
     print("| ratio | proto | throughput (higher is better) | CPU per request (lower is better) | added p50 (lower is better) |")

@@ -538,9 +538,16 @@ impl Timeline {
         let snap = stats.take_interval();
         let sent = stats.sent.load(Ordering::Relaxed);
         let t = self.start.elapsed();
+        // An interval belongs to the warm-up when it began before the
+        // measured window (the tick ending the first second fires just after
+        // it).
+        let began = self
+            .entries
+            .last()
+            .map_or(Duration::ZERO, |iv| Duration::from_secs_f64(iv.t));
         let iv = Interval {
             t: t.as_secs_f64(),
-            warmup: t <= self.measure_from,
+            warmup: began < self.measure_from,
             sent: sent - self.sent,
             completed: snap.completed,
             errors: snap.errors,

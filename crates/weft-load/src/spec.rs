@@ -302,9 +302,18 @@ pub fn default_threads() -> usize {
 
 /// Parses a `Name: value` header flag.
 pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let (name, value) = s
-        .split_once(':')
-        .ok_or_else(|| format!("header `{s}` is not `Name: value`"))?;
+    // `:authority: x` is HTTP/2's name for `Host: x`.
+    let (name, value) = match s.strip_prefix(":authority:") {
+        Some(v) => ("host", v),
+        None => s
+            .split_once(':')
+            .ok_or_else(|| format!("header `{s}` is not `Name: value`"))?,
+    };
+    if name.trim().is_empty() {
+        return Err(format!(
+            "header `{s}`: no name before the `:` (pseudo-headers other than `:authority` cannot be set)"
+        ));
+    }
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("header `{s}`: `{}` is not a valid header name", name.trim()))?;
     let value = HeaderValue::from_str(value.trim())

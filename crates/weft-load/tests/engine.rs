@@ -137,6 +137,12 @@ async fn statuses_are_counted_and_non_2xx_are_errors() {
     assert_eq!(r.errors, e503);
     assert_eq!(r.error_counts.get("http_status"), Some(&e503));
     assert!((400..600).contains(&e503), "{e503} of 2000 at 25%");
+    // The first second began inside the 300 ms warm-up, the next ones after.
+    assert!(
+        r.timeline[0].warmup && !r.timeline[1].warmup,
+        "{:?}",
+        r.timeline
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,8 @@ pub struct RequestArgs {
     #[arg(long, short = 'X', value_name = "METHOD")]
     pub method: Option<http::Method>,
     /// Request header `Name: value`, sent on every request. Repeatable.
+    /// `Host` (or `:authority`) sets the authority on HTTP/2 and gRPC too,
+    /// while connections still go to TARGET's address.
     #[arg(long = "header", short = 'H', value_name = "NAME: VALUE", value_parser = header)]
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Request body. With --grpc: the request message as JSON (or protobuf

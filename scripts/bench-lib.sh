@@ -1,0 +1,97 @@
+# shellcheck shell=bash
+# Process handling shared by the benchmark scripts (bench-proxy.sh, bench-load.sh): start
+# background processes pinned to a CPU, wait for them to answer, stop them (and their
+# children) on exit. Source it after setting WORK (the work dir) and KEEP (1 keeps WORK),
+# and BG_CPU (the CPU start_bg pins to); it installs the EXIT/INT/TERM traps.
+: "${WORK:?set WORK before sourcing bench-lib.sh}" "${KEEP:?set KEEP before sourcing bench-lib.sh}" "${BG_CPU:?}"
+
+STARTED=()   # pids of every background process this script started
+
+alive() { # PID: running and not a zombie
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [[ -n "$st" && "$st" != Z && "$st" != X ]]
+}
+
+tree() { # PID: the pid and all its descendants
+    local p=$1 c
+    printf '%s\n' "$p"
+    for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do
+        tree "$c"
+    done
+}
+
+stop_pid() { # PID: TERM its process tree, wait up to 5 s, then KILL what is left
+    local pid=$1 i k
+    [[ -n "$pid" ]] || return 0
+    local -a kids=()
+    mapfile -t kids < <(tree "$pid" | tail -n +2)
+    kill -TERM "$pid" "${kids[@]}" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        alive "$pid" || break
+        sleep 0.1
+    done
+    if alive "$pid"; then
+        log "pid $pid did not exit on TERM: KILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    for k in "${kids[@]}"; do
+        if alive "$k"; then kill -KILL "$k" 2>/dev/null || true; fi
+    done
+    wait "$pid" 2>/dev/null || true
+    local keep=() p
+    for p in "${STARTED[@]}"; do
+        [[ "$p" == "$pid" ]] || keep+=("$p")
+    done
+    STARTED=("${keep[@]+"${keep[@]}"}")
+}
+
+cleanup() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        stop_pid "${STARTED[i]}"
+    done
+    if ((KEEP)) || ((rc != 0)); then
+        log "work dir kept: $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'log "interrupted"; exit 130' INT
+trap 'log "terminated"; exit 143' TERM
+
+BG_PID=""
+start_bg() { # LOGFILE CMD...: start CMD pinned to CPU $BG_CPU; sets BG_PID
+    local logf=$1
+    shift
+    taskset -c "$BG_CPU" "$@" >"$logf" 2>&1 </dev/null &
+    BG_PID=$!
+    STARTED+=("$BG_PID")
+}
+
+http_status() { # URL [curl args...]: prints the status code (000 on failure)
+    local url=$1
+    shift
+    curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url" 2>/dev/null || true
+}
+
+wait_200() { # NAME PID LOGFILE URL [curl args...]: wait up to 20 s for a 200
+    local name=$1 pid=$2 logf=$3 url=$4 i code=000
+    shift 4
+    for ((i = 0; i < 200; i++)); do
+        if ! alive "$pid"; then
+            log "$name exited during start-up; last lines of $logf:"
+            tail -n 20 "$logf" >&2 || true
+            return 1
+        fi
+        code=$(http_status "$url" "$@")
+        [[ "$code" == 200 ]] && return 0
+        sleep 0.05
+    done
+    log "$name: no 200 from $url after 20 s (last status $code); last lines of $logf:"
+    tail -n 20 "$logf" >&2 || true
+    return 1
+}
