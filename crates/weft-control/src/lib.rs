@@ -86,6 +86,9 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
 /// Loads the config, binds the xDS and admin ports and starts serving.
 pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
     let config = weft_model::load_dir(&opts.config_dir)?;
+    for w in config.not_yet_enforced() {
+        tracing::warn!("{w}");
+    }
     let xds_l = bind("xds", opts.xds).await?;
     let admin_l = bind("admin", opts.admin).await?;
     let xds = xds_l.local_addr().expect("bound socket has an address");
@@ -191,6 +194,9 @@ fn reload(control: &Control) {
     let m = &control.metrics;
     match weft_model::load_dir(&control.config_dir) {
         Ok(config) => {
+            for w in config.not_yet_enforced() {
+                tracing::warn!("{w}");
+            }
             *control.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             m.config_last_error.set(0);
             let started = std::time::Instant::now();

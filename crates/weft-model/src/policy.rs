@@ -382,3 +382,21 @@ pub struct EffectivePolicy {
     /// Section (YAML name) -> `namespace/name` of the policy that set it.
     pub sources: Vec<(&'static str, String)>,
 }
+
+impl crate::Config {
+    /// One line per TrafficPolicy that proxies do not enforce yet, for the
+    /// control plane and standalone proxies to log when they load a config.
+    pub fn not_yet_enforced(&self) -> Vec<String> {
+        self.traffic_policies
+            .iter()
+            .map(|p| {
+                format!(
+                    "TrafficPolicy {}/{} ({}) is validated but not enforced yet: proxies keep round robin, no retries and no hedging (issue 5 in progress)",
+                    p.namespace,
+                    p.name,
+                    p.sections.set_names().join(", ")
+                )
+            })
+            .collect()
+    }
+}

@@ -276,6 +276,9 @@ fn first_snapshot(
     match &opts.source {
         ConfigSource::Dir(dir) => {
             let config = weft_model::load_dir(dir)?;
+            for w in config.not_yet_enforced() {
+                tracing::warn!("{w}");
+            }
             let qualified = qualified(&opts.service);
             let (name, namespace) = qualified.split_once('.').unwrap_or_default();
             if config.service(namespace, name).is_none() {

@@ -56,6 +56,9 @@ pub fn reload(
         if current.source.as_deref() == Some(&config) {
             return Ok(None);
         }
+        for w in config.not_yet_enforced() {
+            tracing::warn!("{w}");
+        }
         let generation = current.generation + 1;
         standalone::build(
             builder,

@@ -356,3 +356,31 @@ spec:
     assert_eq!(direct.sections.retry.as_ref().unwrap().max_retries, 1);
     assert_eq!(direct.sources.len(), 2);
 }
+
+#[test]
+fn loaded_policies_are_named_as_not_yet_enforced() {
+    let c = load(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: tail}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  hedging: {delay: 5ms}
+  retry: {}
+"#,
+    )
+    .unwrap();
+    let w = c.not_yet_enforced();
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].contains("default/tail") && w[0].contains("hedging, retry"),
+        "{w:?}"
+    );
+    assert!(
+        load_str(BASE, "base.yaml")
+            .unwrap()
+            .not_yet_enforced()
+            .is_empty()
+    );
+}
