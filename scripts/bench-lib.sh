@@ -95,3 +95,33 @@ wait_200() { # NAME PID LOGFILE URL [curl args...]: wait up to 20 s for a 200
     tail -n 20 "$logf" >&2 || true
     return 1
 }
+
+start_nginx_stand_in() { # DIR H1_PORT H2C_PORT BODY LOGFILE: nginx, 1 worker, `return 200 BODY`
+    # on an HTTP/1.1 port and an h2c port, started with start_bg (sets BG_PID)
+    local d=$1 p1=$2 p2=$3 body=$4 logf=$5
+    mkdir -p "$d/tmp"
+    cat >"$d/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    server {
+        listen 127.0.0.1:$p1;
+        listen 127.0.0.1:$p2 http2;
+        location / { default_type text/plain; return 200 "$body"; }
+    }
+}
+EOF
+    nginx -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" || die "stand-in nginx config invalid ($d/nginx.conf)"
+    start_bg "$logf" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
+}

@@ -252,34 +252,9 @@ check_weft_run() {
 
 # ------------------------------------------------------------------------------ upstreams
 start_nginx() { # sets NGINX_H1, NGINX_H2 (ports)
-    local d=$WORK/nginx
     NGINX_H1=$(free_port)
     NGINX_H2=$(free_port)
-    mkdir -p "$d/tmp"
-    cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$NGINX_H1;
-        listen 127.0.0.1:$NGINX_H2 http2;
-        location / { default_type text/plain; return 200 "xxxxxxxxxxxxxxxx"; }
-    }
-}
-EOF
-    nginx -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" || die "nginx config invalid"
-    start_bg "$WORK/nginx.log" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
+    start_nginx_stand_in "$WORK/nginx" "$NGINX_H1" "$NGINX_H2" xxxxxxxxxxxxxxxx "$WORK/nginx.log"
     NGINX_PID=$BG_PID
     wait_200 nginx "$BG_PID" "$WORK/nginx.log" "http://127.0.0.1:$NGINX_H1/" --http1.1 ||
         die "nginx did not start"

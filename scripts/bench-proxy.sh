@@ -241,33 +241,9 @@ start_upstream() {
     p2=$p1
     if [[ "${BENCH_UPSTREAM_CMD:-}" == nginx ]]; then
         p2=$(free_port)
-        local d=$WORK/upstream-nginx body
-        mkdir -p "$d/tmp"
+        local body
         body=$(head -c "$BODY_SIZE" /dev/zero | tr '\0' x)
-        cat >"$d/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $d/nginx.pid;
-error_log $d/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $d/tmp/body;
-    proxy_temp_path $d/tmp/proxy;
-    fastcgi_temp_path $d/tmp/fastcgi;
-    uwsgi_temp_path $d/tmp/uwsgi;
-    scgi_temp_path $d/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$p1;
-        listen 127.0.0.1:$p2 http2;
-        location / { default_type text/plain; return 200 "$body"; }
-    }
-}
-EOF
-        nginx -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" || die "stand-in nginx config invalid"
-        start_bg "$logf" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
+        start_nginx_stand_in "$WORK/upstream-nginx" "$p1" "$p2" "$body" "$logf"
         UPSTREAM_DESC="stand-in nginx (return 200, ${BODY_SIZE} B body; h1 :$p1, h2c :$p2)"
     elif [[ -n "${BENCH_UPSTREAM_CMD:-}" ]]; then
         [[ "$BENCH_UPSTREAM_CMD" == *"{h2port}"* ]] && p2=$(free_port)
