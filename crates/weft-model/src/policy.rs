@@ -391,7 +391,7 @@ impl crate::Config {
             .iter()
             .map(|p| {
                 format!(
-                    "TrafficPolicy {}/{} ({}) is validated but not enforced yet: proxies keep round robin, no retries and no hedging (issue 5 in progress)",
+                    "TrafficPolicy {}/{} ({}) is validated; Envoy nodes get its cluster settings (least request, outlier detection, retry budget), weft proxies do not enforce it yet: round robin, no retries, no hedging (issue 5 in progress)",
                     p.namespace,
                     p.name,
                     p.sections.set_names().join(", ")

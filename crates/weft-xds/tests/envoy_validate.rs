@@ -104,6 +104,23 @@ fn pack<M: Message + Name>(m: &M) -> Any {
 /// connection managers, EDS clusters made STATIC with their assignment.
 /// Listeners for gRPC clients (`api_listener`) are left out: Envoy serves at
 /// most one, for Envoy Mobile.
+/// Checks that gamma's TrafficPolicy reached its cluster as Envoy's nearest
+/// equivalents (`envoy --mode validate` then checks Envoy accepts them).
+fn with_gamma_policy(
+    resources: bootstrap::StaticResources,
+) -> anyhow::Result<bootstrap::StaticResources> {
+    let g = resources
+        .clusters
+        .iter()
+        .find(|c| c.name.starts_with("gamma.default:"))
+        .context("no gamma cluster")?;
+    anyhow::ensure!(
+        g.lb_policy == cluster::LbPolicy::LeastRequest as i32 && g.outlier_detection.is_some(),
+        "gamma's cluster lacks its TrafficPolicy: {g:?}"
+    );
+    Ok(resources)
+}
+
 fn make_static(set: &ResourceSet) -> anyhow::Result<bootstrap::StaticResources> {
     let mut listeners = Vec::new();
     for r in set.of(TypeUrl::Listener) {
@@ -312,6 +329,16 @@ spec:
   endpoints: [{{address: "{omega}"}}]
 ---
 apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: gamma-tail}}
+spec:
+  targetRefs: [{{kind: Service, name: gamma}}]
+  loadBalancer: {{type: LatencyAware, choices: 3, slowStart: {{window: 20s, minWeightPercent: 5, aggression: 1.5}}}}
+  outlierDetection: {{consecutiveFailures: 4, maxEjectionPercent: 34, panicThresholdPercent: 40, successRate: {{minRequests: 50, stdevFactor: 1.5}}}}
+  budget: {{percent: 15, minPerSecond: 3}}
+  hedging: {{percentile: 95}}
+---
+apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: empty}}
 spec:
@@ -411,7 +438,7 @@ async fn envoy_accepts_and_routes_the_sidecar_form() -> anyhow::Result<()> {
         &envoy,
         &dir,
         "sidecar.pb",
-        &bootstrap(&node, make_static(&set)?, admin.port()),
+        &bootstrap(&node, with_gamma_policy(make_static(&set)?)?, admin.port()),
     )?;
     let base_id = (std::process::id() % 60_000).to_string();
     let path = path.to_string_lossy().into_owned();

@@ -23,10 +23,15 @@ use crate::resource::{Resource, TypeUrl};
 
 /// The cluster of one Service port: endpoints from EDS over ADS, round
 /// robin, HTTP/2 upstream for `http2` / `grpc` ports.
-pub(super) fn cluster(svc: &Service, port: u16, opts: &TranslateOptions) -> Resource {
+pub(super) fn cluster(
+    svc: &Service,
+    port: u16,
+    opts: &TranslateOptions,
+    policy: &weft_model::PolicySections,
+) -> Resource {
     let name = cluster_name(svc, port);
     let protocol = svc.port(port).map_or(Protocol::Http, |p| p.protocol);
-    let c = Cluster {
+    let mut c = Cluster {
         name: name.clone(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
@@ -37,6 +42,7 @@ pub(super) fn cluster(svc: &Service, port: u16, opts: &TranslateOptions) -> Reso
         }),
         ..base_cluster(protocol, opts)
     };
+    super::policy::apply(&mut c, policy);
     Resource::new(TypeUrl::Cluster, name, &c)
 }
 

@@ -10,7 +10,7 @@
 //!
 //! | type | name | what |
 //! |---|---|---|
-//! | Cluster, ClusterLoadAssignment | `NAME.NAMESPACE:PORT` | one per Service port (HTTP and tcp); `type: EDS` over ADS, round robin; HTTP/2 upstream for `http2`/`grpc` ports |
+//! | Cluster, ClusterLoadAssignment | `NAME.NAMESPACE:PORT` | one per Service port (HTTP and tcp); `type: EDS` over ADS, round robin unless the Service's TrafficPolicy says otherwise (see `policy`); HTTP/2 upstream for `http2`/`grpc` ports |
 //! | Cluster | `inbound\|NAME.NAMESPACE` | sidecars: the local app, `STATIC` at `127.0.0.1:PORT` |
 //! | Listener | `outbound` | sidecars: `127.0.0.1:<outbound_port>`, HTTP, RDS `outbound` |
 //! | RouteConfiguration | `outbound` | sidecars: one virtual host `NAME.NAMESPACE:PORT` per in-scope Service HTTP port |
@@ -69,6 +69,7 @@ mod gateway;
 mod grpc;
 mod memo;
 mod names;
+mod policy;
 mod proto;
 mod route;
 mod sidecar;
@@ -271,6 +272,11 @@ impl Translator {
     /// so an endpoint change re-encodes one assignment, not all of them.
     pub fn next(&self, config: Arc<Config>) -> Translator {
         let next = Translator::new(config, self.opts.clone());
+        // Clusters carry their Service's TrafficPolicy: any policy change
+        // rebuilds them all (policies are few and change rarely).
+        if next.config.traffic_policies != self.config.traffic_policies {
+            return next;
+        }
         for (new_index, svc) in next.config.services.iter().enumerate() {
             let Some(old_index) = service_index(&self.config, &svc.namespace, &svc.name) else {
                 continue;
@@ -330,11 +336,14 @@ impl Translator {
 
     fn cluster(&self, port: PortRef) -> Arc<Resource> {
         self.clusters.get_or_insert_with(port, || {
-            Arc::new(cluster::cluster(
-                &self.config.services[port.0],
-                port.1,
-                &self.opts,
-            ))
+            let svc = &self.config.services[port.0];
+            let policy = self.config.effective_policy(weft_model::PolicyScope {
+                namespace: &svc.namespace,
+                service: &svc.name,
+                port_name: svc.port(port.1).and_then(|p| p.name.as_deref()),
+                route: None,
+            });
+            Arc::new(cluster::cluster(svc, port.1, &self.opts, &policy.sections))
         })
     }
 

@@ -27,6 +27,7 @@ use crate::resource::TypeUrl;
 
 mod gateway;
 mod grpc;
+mod policy;
 mod routes;
 mod scope;
 mod sidecar;
