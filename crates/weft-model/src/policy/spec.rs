@@ -202,75 +202,21 @@ impl Fields<'_, '_> {
     }
 }
 
-pub(crate) const GRPC_CODES: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
+// Codes are parsed by the policy cores' own parsers, so that the config and
+// the classifier can never disagree on what `5xx` or `DeadlineExceeded` mean.
 
 /// `5xx`, `429`, `500-504`.
 fn http_range(text: &str) -> Result<(u16, u16), String> {
-    let bad = || {
-        format!("{text:?} is not an HTTP status, a class like \"5xx\" or a range like \"500-504\"")
-    };
-    let lower = text.to_ascii_lowercase();
-    if let Some(class) = lower.strip_suffix("xx") {
-        let c: u16 = class.parse().map_err(|_| bad())?;
-        if !(1..=5).contains(&c) {
-            return Err(bad());
-        }
-        return Ok((c * 100, c * 100 + 99));
-    }
-    let status = |s: &str| -> Result<u16, String> {
-        let n: u16 = s.trim().parse().map_err(|_| bad())?;
-        if (100..=599).contains(&n) {
-            Ok(n)
-        } else {
-            Err(format!("{n} is not an HTTP status (100 to 599)"))
-        }
-    };
-    if let Some((a, b)) = lower.split_once('-') {
-        let (a, b) = (status(a)?, status(b)?);
-        if a > b {
-            return Err(format!("{text:?}: the range is reversed"));
-        }
-        return Ok((a, b));
-    }
-    let n = status(&lower)?;
-    Ok((n, n))
+    text.parse::<weft_policy::health::StatusRange>()
+        .map(|r| (r.lo(), r.hi()))
+        .map_err(|e| e.to_string())
 }
 
-/// `UNAVAILABLE` (any case), `14`.
+/// `UNAVAILABLE`, `DeadlineExceeded`, `14`.
 fn grpc_code(text: &str) -> Result<u8, String> {
-    if let Ok(n) = text.parse::<u8>()
-        && usize::from(n) < GRPC_CODES.len()
-    {
-        return Ok(n);
-    }
-    let upper = text.to_ascii_uppercase();
-    GRPC_CODES
-        .iter()
-        .position(|c| *c == upper)
-        .map(|i| i as u8)
-        .ok_or_else(|| {
-            format!(
-                "{text:?} is not a gRPC status code (a name like UNAVAILABLE or a number 0 to 16)"
-            )
-        })
+    text.parse::<weft_policy::health::GrpcCode>()
+        .map(|c| c.number())
+        .map_err(|e| e.to_string())
 }
 
 /// An HTTP header name (RFC 9110 token).
@@ -280,17 +226,16 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn code_value(text: &str) -> CodeValue {
-    if let Ok(n) = text.parse::<i64>() {
-        return CodeValue::Range(n, n);
-    }
-    if let Some((a, b)) = text.split_once('-')
-        && let (Ok(a), Ok(b)) = (a.trim().parse::<i64>(), b.trim().parse::<i64>())
-        && a <= b
-    {
-        return CodeValue::Range(a, b);
-    }
-    CodeValue::Literal(text.to_owned())
+/// `5003`, `5000-5099`, or a literal like `E_STOCK` (the classifier's parser).
+fn code_value(text: &str) -> Result<CodeValue, String> {
+    use weft_policy::health::CodeMatcher;
+    Ok(
+        match text.parse::<CodeMatcher>().map_err(|e| e.to_string())? {
+            CodeMatcher::Code(n) => CodeValue::Range(n, n),
+            CodeMatcher::Range(a, b) => CodeValue::Range(a, b),
+            CodeMatcher::Text(t) => CodeValue::Literal(t),
+        },
+    )
 }
 
 impl TrafficPolicySpec {
@@ -514,10 +459,19 @@ impl FailureCodesSpec {
                     "give at least one code (e.g. \"5003\" or \"5000-5099\")",
                 );
             }
-            HeaderCodes {
-                name,
-                values: h.values.iter().map(|v| code_value(&v.text())).collect(),
-            }
+            let values = h
+                .values
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match code_value(&v.text()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        f.add(&format!("header.values[{i}]"), e);
+                        None
+                    }
+                })
+                .collect();
+            HeaderCodes { name, values }
         });
         let latency_above = self
             .latency_above

@@ -59,7 +59,7 @@ spec:
     slowStart: {window: 30s, minWeightPercent: 10, aggression: 2.0}
   failureCodes:
     http: ["5xx", 429, "500-504"]
-    grpc: [UNAVAILABLE, 4, deadline_exceeded]
+    grpc: [UNAVAILABLE, 4, DeadlineExceeded]
     header: {name: X-Biz-Code, values: ["5003", "5100-5199", "E_QUOTA"]}
     latencyAbove: 2s
   reweighting: {halfLife: 2s, minWeightPercent: 5, recovery: 20s}
@@ -154,7 +154,10 @@ spec:
     has(&e, &["spec.loadBalancer.choices", "2 to 16"]);
     has(&e, &["spec.loadBalancer.decay", "greater than 0"]);
     has(&e, &["spec.failureCodes.http[0]", "6xx"]);
-    has(&e, &["spec.failureCodes.http[1]", "reversed"]);
+    has(
+        &e,
+        &["spec.failureCodes.http[1]", "504-500", "above its end"],
+    );
     has(&e, &["spec.failureCodes.http[2]", "700"]);
     has(&e, &["spec.failureCodes.grpc[0]", "NOPE"]);
     has(&e, &["spec.failureCodes.grpc[1]", "OK cannot be a failure"]);
