@@ -288,12 +288,18 @@ async fn run_inner(
         {
             shared.draining.store(true, Ordering::Relaxed);
         }
-        let next_phase_change = if pacer.is_none() && shared.max_phase.load(Ordering::Relaxed) == 0
-        {
-            start + measure_start_offset
-        } else {
-            schedule_end
-        };
+        // The next moment something changes here: the measured window opens
+        // or closes, or the drain runs out. Between them only the ticker
+        // and the workers wake the loop.
+        let wake = [
+            Some(start + measure_start_offset),
+            Some(schedule_end),
+            drain_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min();
         tokio::select! {
             _ = ticker.tick() => {
                 let iv = timeline.record(&shared.stats, spec.live.as_deref());
@@ -308,7 +314,7 @@ async fn run_inner(
                     break;
                 }
             }
-            () = tokio::time::sleep_until(tokio::time::Instant::from_std(next_phase_change.max(now + Duration::from_millis(1)).min(drain_deadline.unwrap_or(schedule_end + Duration::from_secs(3600))))) => {}
+            () = sleep_until(wake) => {}
             () = interrupt.notified(), if !was_interrupted => {
                 was_interrupted = true;
                 interrupted_at = Some(Instant::now());
@@ -562,6 +568,14 @@ impl Timeline {
         }
         self.entries.push(iv.clone());
         iv
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
