@@ -43,7 +43,7 @@ pub use smi::{
     HttpRouteGroup, RouteGroupMatch, SMI_SPECS_API_VERSION, SMI_SPLIT_API_VERSION, SplitBackend,
     TrafficSplit,
 };
-pub use table::{GatewayHost, RouteEntry, RouteTable, trimmed_prefix};
+pub use table::{GatewayHost, RouteEntry, RouteKind, RouteTable, RuleRef, trimmed_prefix};
 pub use watch::DirWatch;
 
 /// The API group/version of weft's own resources.

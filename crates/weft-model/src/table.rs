@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use crate::{
     BackendRef, Config, Gateway, GatewayListener, GrpcRoute, HttpRoute, HttpRouteGroup,
-    HttpRouteMatch, ParentRef, PathMatchType, RoutesFrom, Service, TrafficSplit,
+    HttpRouteMatch, ParentRef, PathMatchType, PolicyTargetKind, RoutesFrom, Service, TrafficSplit,
     hostname_intersection,
 };
 
@@ -41,14 +41,69 @@ pub struct RouteEntry {
     /// `ROUTE/RULE`: the source route's name and the rule's index (a
     /// TrafficSplit's rules count its groups' matches; its fallback to the
     /// root Service is `SPLIT/default`). Several entries share a name when
-    /// a rule has several matches.
+    /// a rule has several matches. A metric label: keep it stable.
     pub name: String,
+    /// The route and rule this entry comes from: what TrafficPolicies
+    /// attach to.
+    pub source: RuleRef,
     pub condition: HttpRouteMatch,
     /// At least one with a non-zero weight. `port: None` means the target
     /// Service's first HTTP port.
     pub backend_refs: Vec<BackendRef>,
     /// Request-to-response deadline.
     pub timeout: Option<Duration>,
+}
+
+/// The kind of resource a [`RouteEntry`] comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RouteKind {
+    HTTPRoute,
+    GRPCRoute,
+    /// An SMI TrafficSplit: no TrafficPolicy targets one, so its entries
+    /// are governed by the policies of the Services they send to only.
+    TrafficSplit,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::HTTPRoute => "HTTPRoute",
+            RouteKind::GRPCRoute => "GRPCRoute",
+            RouteKind::TrafficSplit => "TrafficSplit",
+        }
+    }
+
+    /// The TrafficPolicy `targetRefs` kind naming such a route, if a policy
+    /// can target one.
+    pub fn policy_target(self) -> Option<PolicyTargetKind> {
+        match self {
+            RouteKind::HTTPRoute => Some(PolicyTargetKind::HTTPRoute),
+            RouteKind::GRPCRoute => Some(PolicyTargetKind::GRPCRoute),
+            RouteKind::TrafficSplit => None,
+        }
+    }
+}
+
+/// A rule of a route, as TrafficPolicy `targetRefs` name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub kind: RouteKind,
+    /// The route's namespace (a TrafficSplit's: also its Services').
+    pub namespace: String,
+    /// The route's (or TrafficSplit's) name.
+    pub route: String,
+    /// The rule's Gateway API `name` (a policy's `sectionName`), if it has
+    /// one; always `None` for a TrafficSplit.
+    pub rule: Option<String>,
+}
+
+impl RuleRef {
+    /// The route part of a [`crate::PolicyScope`]: `(kind, route, rule)`,
+    /// or `None` when no policy can target the route (a TrafficSplit).
+    pub fn policy_route(&self) -> Option<(PolicyTargetKind, &str, Option<&str>)> {
+        let kind = self.kind.policy_target()?;
+        Some((kind, self.route.as_str(), self.rule.as_deref()))
+    }
 }
 
 /// The rules of one parent, in the order they are tried.
@@ -119,6 +174,12 @@ fn http_entries(route: &HttpRoute, host: (Reverse<usize>, Reverse<usize>), out: 
                 source: (route.namespace.clone(), route.name.clone(), i),
                 entry: RouteEntry {
                     name: format!("{}/{i}", route.name),
+                    source: RuleRef {
+                        kind: RouteKind::HTTPRoute,
+                        namespace: route.namespace.clone(),
+                        route: route.name.clone(),
+                        rule: rule.name.clone(),
+                    },
                     condition: m.clone(),
                     backend_refs: rule.backend_refs.clone(),
                     timeout: rule.timeouts.request,
@@ -138,6 +199,12 @@ fn grpc_entries(route: &GrpcRoute, host: (Reverse<usize>, Reverse<usize>), out: 
                 source: (route.namespace.clone(), route.name.clone(), i),
                 entry: RouteEntry {
                     name: format!("{}/{i}", route.name),
+                    source: RuleRef {
+                        kind: RouteKind::GRPCRoute,
+                        namespace: route.namespace.clone(),
+                        route: route.name.clone(),
+                        rule: rule.name.clone(),
+                    },
                     condition: m.to_http(),
                     backend_refs: rule.backend_refs.clone(),
                     timeout: None,
@@ -348,8 +415,15 @@ fn split_entries(split: &TrafficSplit, port: u16, groups: &[&HttpRouteGroup]) ->
         .iter()
         .map(|b| to(&b.service, b.weight))
         .collect();
+    let source = RuleRef {
+        kind: RouteKind::TrafficSplit,
+        namespace: split.namespace.clone(),
+        route: split.name.clone(),
+        rule: None,
+    };
     let entry = |name: String, condition| RouteEntry {
         name,
+        source: source.clone(),
         condition,
         backend_refs: backends.clone(),
         timeout: None,
@@ -370,9 +444,118 @@ fn split_entries(split: &TrafficSplit, port: u16, groups: &[&HttpRouteGroup]) ->
     }
     out.push(RouteEntry {
         name: format!("{}/default", split.name),
+        source,
         condition: HttpRouteMatch::everything(),
         backend_refs: vec![to(&split.service, 1)],
         timeout: None,
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load_str;
+
+    const MESH: &str = r#"
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: shop, namespace: web}
+spec:
+  ports: [{port: 8080, protocol: http}, {port: 9090, protocol: grpc}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: shop-v2, namespace: web}
+spec:
+  ports: [{port: 8080, protocol: http}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: pages, namespace: web}
+spec:
+  parentRefs: [{kind: Service, name: shop, port: 8080}]
+  rules:
+  - name: read
+    matches: [{method: GET}, {method: HEAD}]
+    backendRefs: [{name: shop}]
+  - backendRefs: [{name: shop-v2}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: rpc, namespace: web}
+spec:
+  parentRefs: [{kind: Service, name: shop, port: 9090}]
+  rules:
+  - name: all
+    backendRefs: [{name: shop, port: 9090}]
+"#;
+
+    fn rule(kind: RouteKind, route: &str, rule: Option<&str>) -> RuleRef {
+        RuleRef {
+            kind,
+            namespace: "web".into(),
+            route: route.into(),
+            rule: rule.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn every_entry_names_the_rule_it_comes_from() {
+        let c = load_str(MESH, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let shop = c.service("web", "shop").unwrap();
+        let table = c.service_routes(shop, 8080);
+        let http: Vec<(&str, &RuleRef)> =
+            table.iter().map(|e| (e.name.as_str(), &e.source)).collect();
+        let read = rule(RouteKind::HTTPRoute, "pages", Some("read"));
+        let unnamed = rule(RouteKind::HTTPRoute, "pages", None);
+        assert_eq!(
+            http,
+            [
+                ("pages/0", &read),
+                ("pages/0", &read),
+                ("pages/1", &unnamed)
+            ]
+        );
+        assert_eq!(
+            read.policy_route(),
+            Some((PolicyTargetKind::HTTPRoute, "pages", Some("read")))
+        );
+        let grpc = c.service_routes(shop, 9090);
+        assert_eq!(
+            grpc[0].source,
+            rule(RouteKind::GRPCRoute, "rpc", Some("all"))
+        );
+    }
+
+    #[test]
+    fn traffic_split_entries_have_no_policy_route() {
+        let yaml = r#"
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: shop, namespace: web}
+spec:
+  ports: [{port: 8080, protocol: http}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: Service
+metadata: {name: shop-v2, namespace: web}
+spec:
+  ports: [{port: 8080, protocol: http}]
+---
+apiVersion: split.smi-spec.io/v1alpha4
+kind: TrafficSplit
+metadata: {name: canary, namespace: web}
+spec:
+  service: shop
+  backends: [{service: shop-v2, weight: 1}]
+"#;
+        let c = load_str(yaml, "t.yaml").unwrap_or_else(|e| panic!("{e}"));
+        let table = c.service_routes(c.service("web", "shop").unwrap(), 8080);
+        assert!(!table.is_empty());
+        for e in &table {
+            assert_eq!(e.source, rule(RouteKind::TrafficSplit, "canary", None));
+            assert_eq!(e.source.policy_route(), None);
+        }
+    }
 }

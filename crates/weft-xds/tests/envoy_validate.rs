@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{RouteAction, RouteConfiguration, route};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, http_connection_manager,
 };
@@ -100,10 +100,6 @@ fn pack<M: Message + Name>(m: &M) -> Any {
     }
 }
 
-/// `set` without xDS: RDS route configurations inlined into their HTTP
-/// connection managers, EDS clusters made STATIC with their assignment.
-/// Listeners for gRPC clients (`api_listener`) are left out: Envoy serves at
-/// most one, for Envoy Mobile.
 /// Checks that gamma's TrafficPolicy reached its cluster as Envoy's nearest
 /// equivalents (`envoy --mode validate` then checks Envoy accepts them).
 fn with_gamma_policy(
@@ -119,6 +115,52 @@ fn with_gamma_policy(
         "gamma's cluster lacks its TrafficPolicy: {g:?}"
     );
     Ok(resources)
+}
+
+/// Checks that the route policies reached Envoy's routes: gamma's retries
+/// and hedging (from its Service policy) on gamma's default route, and the
+/// `hedged` rule's hedging on that rule only.
+fn check_route_policies(set: &ResourceSet) -> anyhow::Result<()> {
+    let rc: RouteConfiguration = decode(
+        &set.get(TypeUrl::RouteConfiguration, "outbound")
+            .context("no outbound routes")?
+            .body,
+    );
+    let action = |vhost: &str, route: &str| -> anyhow::Result<RouteAction> {
+        let r = rc
+            .virtual_hosts
+            .iter()
+            .filter(|v| v.name.starts_with(vhost))
+            .flat_map(|v| &v.routes)
+            .find(|r| r.name == route)
+            .with_context(|| format!("no route {route} in {vhost}"))?;
+        anyhow::ensure!(r.metadata.is_some(), "{route}: no policy metadata");
+        match &r.action {
+            Some(route::Action::Route(a)) => Ok(a.clone()),
+            other => bail!("{route}: {other:?}"),
+        }
+    };
+    let gamma = action("gamma.default:", "default")?;
+    let retry = gamma.retry_policy.context("gamma: no retry policy")?;
+    anyhow::ensure!(
+        retry.retry_on.contains("retriable-headers")
+            && retry.retriable_status_codes == [429]
+            && retry.retry_host_predicate.len() == 1
+            && gamma
+                .hedge_policy
+                .is_some_and(|h| h.hedge_on_per_try_timeout),
+        "gamma: {retry:?}"
+    );
+    let hedged = action("alpha.default:", "alpha-routes/5")?;
+    anyhow::ensure!(
+        hedged.hedge_policy.is_some()
+            && hedged
+                .retry_policy
+                .as_ref()
+                .is_some_and(|r| r.retry_on == "retriable-status-codes"),
+        "alpha-routes/5: {hedged:?}"
+    );
+    Ok(())
 }
 
 fn make_static(set: &ResourceSet) -> anyhow::Result<bootstrap::StaticResources> {
@@ -336,7 +378,19 @@ spec:
   loadBalancer: {{type: LatencyAware, choices: 3, slowStart: {{window: 20s, minWeightPercent: 5, aggression: 1.5}}}}
   outlierDetection: {{consecutiveFailures: 4, maxEjectionPercent: 34, panicThresholdPercent: 40, successRate: {{minRequests: 50, stdevFactor: 1.5}}}}
   budget: {{percent: 15, minPerSecond: 3}}
-  hedging: {{percentile: 95}}
+  hedging: {{percentile: 95, maxDelay: 200ms}}
+  retry: {{maxRetries: 2, backoff: {{base: 10ms, max: 100ms}}, perTryTimeout: 2s}}
+  failureCodes:
+    http: ["5xx", "429"]
+    grpc: [UNAVAILABLE, CANCELLED]
+    header: {{name: x-biz-code, values: ["5003", "5100-5199", E_STOCK]}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: alpha-hedge}}
+spec:
+  targetRefs: [{{kind: HTTPRoute, name: alpha-routes, sectionName: hedged}}]
+  hedging: {{delay: 100ms}}
 ---
 apiVersion: weft.dev/v1alpha1
 kind: Service
@@ -360,6 +414,9 @@ spec:
   - matches: [{{path: {{type: Exact, value: /exact}}, method: POST}}]
     backendRefs: [{{name: beta, port: 9091}}]
   - backendRefs: [{{name: alpha}}]
+  - name: hedged
+    matches: [{{path: {{type: PathPrefix, value: /hedge}}}}]
+    backendRefs: [{{name: alpha}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -433,6 +490,7 @@ async fn envoy_accepts_and_routes_the_sidecar_form() -> anyhow::Result<()> {
         user_agent: "envoy".into(),
     };
     let set = translator.resources_for(&node);
+    check_route_policies(&set)?;
     let admin = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), free_port());
     let path = validate(
         &envoy,
@@ -530,6 +588,26 @@ async fn envoy_accepts_and_routes_the_sidecar_form() -> anyhow::Result<()> {
     assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT);
     let patient = get("alpha", "/other?sleep=1000").await?;
     assert_eq!(patient.text(), "alpha HTTP/1.1");
+
+    // Hedging (rule `hedged`, 100 ms, 2 attempts in all): a request still
+    // running after 100 ms gets exactly one backup, and the client one
+    // answer. alpha has no other retry policy, so its retry counter counts
+    // the hedges.
+    let hedged = get("alpha", "/hedge?sleep=400").await?;
+    assert_eq!(hedged.text(), "alpha HTTP/1.1");
+    wait_until("one hedge of /hedge", Duration::from_secs(5), || async {
+        let stats = client
+            .get(admin, "admin", "/stats?filter=upstream_rq_retry")
+            .await?
+            .text();
+        let hedges: Vec<&str> = stats
+            .lines()
+            .filter(|l| l.starts_with("cluster.alpha.") && l.contains(".upstream_rq_retry:"))
+            .collect();
+        anyhow::ensure!(hedges.len() == 1 && hedges[0].ends_with(": 1"), "{stats}");
+        Ok(())
+    })
+    .await?;
 
     // The split: 1:1 between alpha and beta, weight-0 omega never.
     let (mut alpha, mut beta) = (0, 0);

@@ -10,7 +10,7 @@
 //!
 //! | type | name | what |
 //! |---|---|---|
-//! | Cluster, ClusterLoadAssignment | `NAME.NAMESPACE:PORT` | one per Service port (HTTP and tcp); `type: EDS` over ADS, round robin unless the Service's TrafficPolicy says otherwise (see `policy`); HTTP/2 upstream for `http2`/`grpc` ports |
+//! | Cluster, ClusterLoadAssignment | `NAME.NAMESPACE:PORT` | one per Service port (HTTP and tcp); `type: EDS` over ADS, round robin unless the Service's TrafficPolicy says otherwise (see `policy`; routes take their rule's policy, see `route_policy`); HTTP/2 upstream for `http2`/`grpc` ports |
 //! | Cluster | `inbound\|NAME.NAMESPACE` | sidecars: the local app, `STATIC` at `127.0.0.1:PORT` |
 //! | Listener | `outbound` | sidecars: `127.0.0.1:<outbound_port>`, HTTP, RDS `outbound` |
 //! | RouteConfiguration | `outbound` | sidecars: one virtual host `NAME.NAMESPACE:PORT` per in-scope Service HTTP port |
@@ -72,6 +72,7 @@ mod names;
 mod policy;
 mod proto;
 mod route;
+mod route_policy;
 mod sidecar;
 #[cfg(test)]
 mod tests;
@@ -88,6 +89,7 @@ pub use names::{
     INBOUND_LISTENER, OUTBOUND_LISTENER, OUTBOUND_ROUTE_CONFIG, cluster_name,
     gateway_listener_name, inbound_cluster_name, vip_listener_name,
 };
+pub use policy::{POLICY_JSON_FIELD, POLICY_METADATA_KEY};
 
 use memo::Memo;
 

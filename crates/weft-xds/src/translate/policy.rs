@@ -1,4 +1,5 @@
-//! TrafficPolicy -> cluster settings, per data plane (issue 5, first step).
+//! TrafficPolicy -> cluster settings, per data plane (issue 5, first step;
+//! the request sections on routes are in `route_policy`).
 //!
 //! Envoy gets the nearest standard equivalents of a Service's policy:
 //!
@@ -19,7 +20,8 @@
 //! Every node also gets the whole policy, as JSON in the string field
 //! `json` of the cluster's `metadata.filter_metadata["weft.dev/traffic-policy"]`
 //! (Envoy ignores metadata it has no filter for): weft proxies read their
-//! settings from there.
+//! settings from there. Routes carry their rule's policy the same way
+//! (`route_policy`).
 
 use envoy_types::pb::envoy::config::cluster::v3::{
     Cluster, OutlierDetection as EnvoyOutlier, circuit_breakers, cluster,
@@ -107,23 +109,32 @@ pub(super) fn apply(c: &mut Cluster, sections: &PolicySections) {
             });
         }
     }
-    if !sections.set_names().is_empty()
-        && let Ok(json) = serde_json::to_string(sections)
-    {
-        // One string field: a Struct's fields are a map, encoded in hash
-        // order, which would change the resource's content version on
-        // every translation.
-        let fields = [(
-            POLICY_JSON_FIELD.to_owned(),
-            Value {
-                kind: Some(value::Kind::StringValue(json)),
-            },
-        )]
-        .into_iter()
-        .collect();
-        let metadata = c.metadata.get_or_insert_with(Metadata::default);
-        metadata
-            .filter_metadata
-            .insert(POLICY_METADATA_KEY.to_owned(), Struct { fields });
+    insert_metadata(&mut c.metadata, sections);
+}
+
+/// Puts `sections` as JSON under [`POLICY_METADATA_KEY`] in `metadata`,
+/// unless no section is set (then `metadata` is left as it is, so configs
+/// without policies keep their content versions).
+pub(super) fn insert_metadata(metadata: &mut Option<Metadata>, sections: &PolicySections) {
+    if sections.set_names().is_empty() {
+        return;
     }
+    let Ok(json) = serde_json::to_string(sections) else {
+        return;
+    };
+    // One string field: a Struct's fields are a map, encoded in hash
+    // order, which would change the resource's content version on every
+    // translation.
+    let fields = [(
+        POLICY_JSON_FIELD.to_owned(),
+        Value {
+            kind: Some(value::Kind::StringValue(json)),
+        },
+    )]
+    .into_iter()
+    .collect();
+    metadata
+        .get_or_insert_with(Metadata::default)
+        .filter_metadata
+        .insert(POLICY_METADATA_KEY.to_owned(), Struct { fields });
 }

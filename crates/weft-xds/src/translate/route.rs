@@ -2,7 +2,8 @@
 //! GRPCRoutes and TrafficSplits, already in precedence order) -> Envoy
 //! routes, with the meaning the weft proxy gives them: whole-segment
 //! prefixes, anchored regexes, weighted splits, and a default route to the
-//! Service itself when nothing is attached.
+//! Service itself when nothing is attached. Each route gets its rule's
+//! TrafficPolicy (`route_policy`).
 
 use envoy_types::pb::envoy::config::route::v3::{
     HeaderMatcher, Route, RouteAction, RouteMatch, WeightedCluster, header_matcher, route,
@@ -15,6 +16,7 @@ use weft_model::{
 
 use super::names::cluster_name;
 use super::proto::{duration, uint32};
+use super::route_policy;
 use super::{Flavor, PortRef, service_index};
 
 /// Envoy routes in the order they are tried, and the Service ports
@@ -30,8 +32,11 @@ pub(super) fn port_routes(config: &Config, (index, port): PortRef, flavor: Flavo
     let svc = &config.services[index];
     let table = config.service_routes(svc, port);
     if table.is_empty() {
+        let mut route = default_route(svc, port, flavor);
+        let policy = route_policy::rule_policy(config, None, (index, port));
+        route_policy::apply(&mut route, &policy, flavor);
         return PortRoutes {
-            routes: vec![default_route(svc, port, flavor)],
+            routes: vec![route],
             clusters: vec![(index, port)],
         };
     }
@@ -45,18 +50,21 @@ pub(super) fn table_routes(config: &Config, table: &[RouteEntry], flavor: Flavor
     for entry in table {
         // Validation guarantees every entry at least one existing backend
         // with a non-zero weight; an entry without one is left out.
-        let Some(action) = route_action(config, entry, flavor, &mut clusters) else {
+        let Some((action, first)) = route_action(config, entry, flavor, &mut clusters) else {
             continue;
         };
         let Some(route_match) = route_match(&entry.condition, flavor) else {
             continue;
         };
-        routes.push(Route {
+        let mut route = Route {
             name: entry.name.clone(),
             r#match: Some(route_match),
             action: Some(route::Action::Route(action)),
             ..Default::default()
-        });
+        };
+        let policy = route_policy::rule_policy(config, Some(&entry.source), first);
+        route_policy::apply(&mut route, &policy, flavor);
+        routes.push(route);
     }
     PortRoutes { routes, clusters }
 }
@@ -85,13 +93,15 @@ fn default_route(svc: &Service, port: u16, flavor: Flavor) -> Route {
 
 /// Where an entry's traffic goes: one cluster, or a weighted split without
 /// the weight-0 backends (a backend listed twice gets the sum of its
-/// weights).
+/// weights); and the first of those backends, whose Service's policy the
+/// route takes.
 fn route_action(
     config: &Config,
     entry: &RouteEntry,
     flavor: Flavor,
     clusters: &mut Vec<PortRef>,
-) -> Option<RouteAction> {
+) -> Option<(RouteAction, PortRef)> {
+    let mut first = None;
     let mut split: Vec<(String, u32)> = Vec::new();
     for b in entry.backend_refs.iter().filter(|b| b.weight > 0) {
         let Some(index) = service_index(config, &b.namespace, &b.name) else {
@@ -102,6 +112,7 @@ fn route_action(
             continue;
         };
         clusters.push((index, port));
+        first.get_or_insert((index, port));
         let name = cluster_name(target, port);
         match split.iter_mut().find(|(n, _)| *n == name) {
             Some((_, w)) => *w = w.saturating_add(b.weight),
@@ -127,7 +138,7 @@ fn route_action(
         cluster_specifier: Some(cluster_specifier),
         ..Default::default()
     };
-    Some(with_timeout(action, entry.timeout, flavor))
+    Some((with_timeout(action, entry.timeout, flavor), first?))
 }
 
 /// The request timeout: Envoy's route `timeout` (`0s` when none, since

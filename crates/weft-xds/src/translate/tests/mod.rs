@@ -28,6 +28,7 @@ use crate::resource::TypeUrl;
 mod gateway;
 mod grpc;
 mod policy;
+mod route_policy;
 mod routes;
 mod scope;
 mod sidecar;
