@@ -4,12 +4,15 @@
 //! One port serves HTTP/1.1 (keep-alive, upgrades) and h2c with prior
 //! knowledge. For every request it:
 //!
-//! 1. waits `latency` plus a uniform `0..jitter`;
+//! 1. waits `latency` (or, for a random `slow_share` of requests,
+//!    `slow_latency`) plus a uniform `0..jitter`;
 //! 2. with probability `error_rate` answers `error_status` with body
 //!    `injected error from NAME`;
 //! 3. makes each configured [`Call`] in order; if one answers non-2xx or
 //!    fails, answers `502` with a body naming the call;
-//! 4. answers by route (`POST`/`PUT` on any path echo first; other methods
+//! 4. answers by route, and for a random `biz_error_share` of the requests
+//!    not failed in 2 or 3 adds `biz_error_header` (a business failure
+//!    behind a `200`, e.g. `x-biz-code: 5003`) (`POST`/`PUT` on any path echo first; other methods
 //!    are treated alike):
 //!    - `POST`/`PUT`: the request body streamed back, trailers included;
 //!    - `/status/NNN`: status `NNN`;
@@ -27,10 +30,16 @@
 //! A `GET` with no latency, no error and no calls is answered without a
 //! task, a box or a body allocation: the app must outrun the proxies it is
 //! the upstream of in the benchmark.
+//!
+//! Paths under `/_weft/` are the app's own, not traffic: `/_weft/fault`
+//! shows and changes the faults at runtime (`POST` with query parameters or
+//! JSON, `DELETE` to reset; see `fault_api`), `/_weft/stats` the counters.
+//! A benchmark uses them to make one endpoint go bad mid-run, then heal.
 
 mod body;
 mod downstream;
 mod fault;
+mod fault_api;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -49,6 +58,7 @@ use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
 
 pub use downstream::{Call, ParseCallError};
+pub use fault::{BizErrorHeader, ParseBizErrorHeaderError};
 use service::{AppService, Shared};
 
 /// Response header naming the app that answered.
@@ -74,6 +84,16 @@ pub struct AppConfig {
     pub jitter: Duration,
     /// Share of requests answered with `error_status`, within `0.0..=1.0`.
     pub error_rate: f64,
+    /// Share of requests (drawn per request) that wait `slow_latency`
+    /// instead of `latency`: a long tail. Within `0.0..=1.0`.
+    pub slow_share: f64,
+    /// The delay of the slow share.
+    pub slow_latency: Duration,
+    /// Share of requests answered as usual but with `biz_error_header`
+    /// set, within `0.0..=1.0`.
+    pub biz_error_share: f64,
+    /// The header that marks a business error.
+    pub biz_error_header: BizErrorHeader,
     /// Status of injected errors.
     pub error_status: u16,
     /// Size of the default `200` body.
@@ -103,6 +123,10 @@ impl Default for AppConfig {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
             error_rate: 0.0,
+            slow_share: 0.0,
+            slow_latency: Duration::ZERO,
+            biz_error_share: 0.0,
+            biz_error_header: BizErrorHeader::default(),
             error_status: 503,
             body_size: 16,
             calls: Vec::new(),
@@ -119,6 +143,10 @@ pub struct AppStats {
     /// Requests answered with an injected error or a `502` for a failed
     /// downstream call (not the statuses asked for with `/status/NNN`).
     pub errors: u64,
+    /// Requests answered with the business-error header.
+    pub biz_errors: u64,
+    /// Requests that waited the slow latency.
+    pub slow: u64,
 }
 
 /// A sample app serving on its own tokio task.

@@ -39,7 +39,7 @@ pub(crate) use refs::check_policies;
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub(crate) use spec::TrafficPolicySpec;
 
@@ -81,7 +81,7 @@ impl PolicyTargetKind {
 
 /// The governance sections; each may come from a different policy once
 /// merged ([`crate::EffectivePolicy`]).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PolicySections {
     pub load_balancer: Option<LoadBalancer>,
     pub failure_codes: Option<FailureCodes>,
@@ -143,7 +143,7 @@ impl PolicySections {
 }
 
 /// How endpoints are chosen.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoadBalancer {
     pub kind: BalancerKind,
     /// Candidates drawn per pick (power of two choices: 2).
@@ -169,7 +169,7 @@ impl Default for LoadBalancer {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BalancerKind {
     /// Power of `choices` choices on peak-EWMA latency x (in-flight + 1) / weight.
     LatencyAware,
@@ -181,7 +181,7 @@ pub enum BalancerKind {
 
 /// Same-zone endpoints first; others take a share when the local ones are
 /// too few healthy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalityPreference {
     /// Below this share of healthy (effective) local weight, traffic spills
     /// to other zones in proportion.
@@ -189,7 +189,7 @@ pub struct LocalityPreference {
 }
 
 /// New endpoints ramp up instead of taking a full share at once.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlowStart {
     pub window: Duration,
     /// The weight share a brand-new endpoint starts with.
@@ -200,7 +200,7 @@ pub struct SlowStart {
 
 /// What counts as a failure, for reweighting, outlier detection, retries and
 /// the hedging breaker.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureCodes {
     /// Inclusive HTTP status ranges.
     pub http: Vec<(u16, u16)>,
@@ -234,14 +234,14 @@ impl Default for FailureCodes {
 
 /// `name: values` where a value is an integer, an inclusive integer range
 /// `a-b`, or any other literal string.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeaderCodes {
     /// Lower-case.
     pub name: String,
     pub values: Vec<CodeValue>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CodeValue {
     Range(i64, i64),
     Literal(String),
@@ -259,7 +259,7 @@ impl CodeValue {
 }
 
 /// A failing endpoint's weight is cut at once and recovers gradually.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reweighting {
     pub enabled: bool,
     /// Half-life of the decaying success score.
@@ -282,7 +282,7 @@ impl Default for Reweighting {
 }
 
 /// Hard ejection (Envoy's outlier detection), with limits.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutlierDetection {
     /// 0 turns this check off.
     pub consecutive_failures: u32,
@@ -312,7 +312,7 @@ impl Default for OutlierDetection {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuccessRateEjection {
     pub min_requests: u32,
     pub min_hosts: u32,
@@ -320,7 +320,7 @@ pub struct SuccessRateEjection {
 }
 
 /// Backup requests.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hedging {
     pub delay: HedgeDelay,
     /// Attempts in all, the original included.
@@ -332,7 +332,7 @@ pub struct Hedging {
     pub max_buffered_body: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum HedgeDelay {
     Fixed(Duration),
     Percentile {
@@ -344,7 +344,7 @@ pub enum HedgeDelay {
 }
 
 /// Retries on the failure codes.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retry {
     pub max_retries: u32,
     pub base_backoff: Duration,
@@ -355,7 +355,7 @@ pub struct Retry {
 }
 
 /// The extra attempts (retries and hedges together) allowed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Budget {
     /// Extra attempts as a share of requests.
     pub percent: f64,
@@ -384,17 +384,24 @@ pub struct EffectivePolicy {
 }
 
 impl crate::Config {
-    /// One line per TrafficPolicy that proxies do not enforce yet, for the
-    /// control plane and standalone proxies to log when they load a config.
+    /// One line per TrafficPolicy setting that some data plane cannot
+    /// apply as written, for the control plane and standalone proxies to
+    /// log when they load a config: today only locality preference, which
+    /// weft proxies honour when started with `--zone` and Envoy nodes
+    /// ignore (they get no local cluster to compare zones with).
     pub fn not_yet_enforced(&self) -> Vec<String> {
         self.traffic_policies
             .iter()
+            .filter(|p| {
+                p.sections
+                    .load_balancer
+                    .as_ref()
+                    .is_some_and(|lb| lb.locality.is_some())
+            })
             .map(|p| {
                 format!(
-                    "TrafficPolicy {}/{} ({}) is validated; Envoy nodes get its cluster settings (least request, outlier detection, retry budget), weft proxies do not enforce it yet: round robin, no retries, no hedging (issue 5 in progress)",
-                    p.namespace,
-                    p.name,
-                    p.sections.set_names().join(", ")
+                    "TrafficPolicy {}/{} sets loadBalancer.locality: weft proxies apply it only when started with --zone; Envoy nodes ignore it",
+                    p.namespace, p.name
                 )
             })
             .collect()

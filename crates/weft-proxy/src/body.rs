@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::observe::TrackedBody;
 use crate::upstream::PooledBody;
 
 #[derive(Debug)]
@@ -18,6 +19,13 @@ pub enum ProxyBody {
     /// From a pooled HTTP/1.1 upstream connection.
     Pooled(PooledBody),
     Full(Option<Bytes>),
+    /// A response body that reports to the endpoint's health and load when
+    /// it ends (see `observe`).
+    Tracked(Box<TrackedBody>),
+    /// A buffered request body sent again by a retry or a backup request.
+    Replay(Option<Bytes>, Option<http::HeaderMap>),
+    /// A request body read in part (too large to replay) and the rest.
+    Chain(Option<Bytes>, Incoming),
 }
 
 impl ProxyBody {
@@ -48,6 +56,15 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Pooled(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Tracked(b) => Pin::new(&mut **b).poll_frame(cx),
+            ProxyBody::Replay(data, trailers) => Poll::Ready(match data.take() {
+                Some(d) => Some(Ok(Frame::data(d))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
+            ProxyBody::Chain(prefix, rest) => match prefix.take() {
+                Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
+                None => Pin::new(rest).poll_frame(cx),
+            },
         }
     }
 
@@ -56,6 +73,9 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => b.is_end_stream(),
             ProxyBody::Pooled(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Tracked(b) => b.is_end_stream(),
+            ProxyBody::Replay(d, t) => d.is_none() && t.is_none(),
+            ProxyBody::Chain(p, rest) => p.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -64,6 +84,20 @@ impl Body for ProxyBody {
             ProxyBody::Streamed(b) => b.size_hint(),
             ProxyBody::Pooled(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Tracked(b) => b.size_hint(),
+            ProxyBody::Replay(d, _) => {
+                SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Chain(p, rest) => {
+                let n = p.as_ref().map_or(0, |b| b.len() as u64);
+                let r = rest.size_hint();
+                let mut h = SizeHint::new();
+                h.set_lower(r.lower() + n);
+                if let Some(u) = r.upper() {
+                    h.set_upper(u + n);
+                }
+                h
+            }
         }
     }
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version, header};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::ProxyBody;
@@ -26,9 +25,9 @@ pub fn request_authority<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// Forwards `req` to `endpoint`; `timeout` bounds the wait for response headers.
-pub async fn forward(
+pub async fn forward<B: Into<ProxyBody>>(
     endpoint: &Arc<EndpointClient>,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     timeout: Option<Duration>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upgrade = req.version() <= Version::HTTP_11 && is_upgrade(req.headers());
@@ -81,7 +80,7 @@ pub async fn forward(
         *req.version_mut() = Version::HTTP_11;
     }
 
-    let send = endpoint.send(req.map(ProxyBody::from));
+    let send = endpoint.send(req.map(Into::into));
     let mut resp = match timeout {
         Some(t) => tokio::time::timeout(t, send)
             .await

@@ -11,14 +11,18 @@
 
 pub mod admin;
 pub mod body;
+mod clock;
 pub mod error;
 mod forward;
+pub mod governed;
 mod headers;
 pub mod inbound;
 mod io;
 mod listener;
 pub mod metrics;
+pub mod observe;
 pub mod outbound;
+pub mod policy;
 mod reload;
 mod route;
 pub mod snapshot;
@@ -71,6 +75,8 @@ pub struct ProxyOptions {
     pub app: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub connect_timeout: Duration,
+    /// This sidecar's zone (`--zone`), for locality preference.
+    pub zone: Option<String>,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub detect_timeout: Duration,
@@ -99,6 +105,7 @@ impl ProxyOptions {
             app: None,
             admin: ([127, 0, 0, 1], 15000).into(),
             connect_timeout: Duration::from_secs(1),
+            zone: None,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 64 * 1024,
             detect_timeout: Duration::from_secs(1),
@@ -155,6 +162,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let registry = EndpointRegistry::default();
     let mut builder = SnapshotBuilder::new(BuildOptions {
         connect_timeout: opts.connect_timeout,
+        zone: opts.zone.clone(),
     });
     let (snapshot, xds) = first_snapshot(&opts, &mut builder, &registry, &mut metrics)?;
     let local_service: Arc<str> = qualified(&opts.service).into();
@@ -251,6 +259,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             stop_rx.clone(),
             opts.drain_timeout,
         )),
+        tokio::spawn(health_ticks(shared.clone(), stop_rx.clone())),
         follow_config(&opts, builder, &shared, published, stop_rx),
     ];
     tracing::info!(%outbound, ?inbound, %admin, service = %shared.local_service, "proxy started");
@@ -263,6 +272,31 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         listeners,
         background,
     })
+}
+
+/// How often endpoint health is evaluated (ejections, re-admissions,
+/// recovery ramps) and the retry/hedge counters are exported.
+const HEALTH_TICK: Duration = Duration::from_millis(200);
+
+/// The periodic step of every cluster's health and every rule policy's
+/// metrics, on the current snapshot.
+async fn health_ticks(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(HEALTH_TICK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let snapshot = shared.snapshot.load_full();
+        let now = clock::now();
+        for c in &snapshot.clusters {
+            c.tick(now);
+        }
+        for p in &snapshot.policies {
+            p.export(&shared.metrics.policy, now);
+        }
+    }
 }
 
 /// `--config`: the directory's config as generation 1. `--xds`: nothing

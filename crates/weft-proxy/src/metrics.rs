@@ -3,6 +3,7 @@
 //! never paths or client addresses.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -52,6 +53,51 @@ pub struct EndpointLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HealthEventLabels {
+    pub service: Arc<str>,
+    /// Empty for cluster-wide events (panic mode).
+    pub endpoint: Arc<str>,
+    /// `ejected`, `readmitted`, `panic_entered`, `panic_left`.
+    pub event: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub service: Arc<str>,
+    pub route: Arc<str>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct PolicyReasonLabels {
+    pub service: Arc<str>,
+    pub route: Arc<str>,
+    /// What happened (`sent`, `won`, `cancelled`) or why not (`budget`,
+    /// `breaker`, ...).
+    pub reason: &'static str,
+}
+
+/// Per-endpoint health, shared by every cluster (cheap clones).
+#[derive(Clone, Default)]
+pub struct HealthMetrics {
+    pub events: Family<HealthEventLabels, Counter>,
+    /// Effective weight / configured weight: health x slow start, 0 when
+    /// ejected.
+    pub weight: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    pub ejected: Family<EndpointLabels, Gauge>,
+}
+
+/// Retries and hedges, by route.
+#[derive(Clone, Default)]
+pub struct PolicyMetrics {
+    pub retries: Family<PolicyLabels, Counter>,
+    pub retries_given_up: Family<PolicyReasonLabels, Counter>,
+    pub hedges: Family<PolicyReasonLabels, Counter>,
+    pub hedges_suppressed: Family<PolicyReasonLabels, Counter>,
+    pub hedge_delay: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    pub budget_available: Family<PolicyLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ListenerLabels {
     pub listener: Arc<str>,
 }
@@ -69,6 +115,8 @@ pub struct ProxyMetrics {
     pub config_reloads: Counter,
     pub config_errors: Counter,
     pub config_last_error: Gauge,
+    pub health: HealthMetrics,
+    pub policy: PolicyMetrics,
 }
 
 /// Latency buckets (seconds): 0.5 ms .. 30 s, dense where sidecars live.
@@ -142,7 +190,56 @@ impl ProxyMetrics {
             "1 when the newest config on disk was rejected, else 0",
             config_last_error.clone(),
         );
+        let health = HealthMetrics::default();
+        registry.register(
+            "endpoint_health_events",
+            "Endpoint ejections and re-admissions, and panic mode entered or left, by service",
+            health.events.clone(),
+        );
+        registry.register(
+            "endpoint_weight_ratio",
+            "Effective weight of each endpoint as a share of its configured weight (health x slow start; 0 = ejected)",
+            health.weight.clone(),
+        );
+        registry.register(
+            "endpoint_ejected",
+            "1 while the endpoint is ejected by outlier detection",
+            health.ejected.clone(),
+        );
+        let policy = PolicyMetrics::default();
+        registry.register(
+            "retries",
+            "Retries sent, by service and route",
+            policy.retries.clone(),
+        );
+        registry.register(
+            "retries_given_up",
+            "Failed requests not retried, by reason (budget, attempts, deadline, not_retriable)",
+            policy.retries_given_up.clone(),
+        );
+        registry.register(
+            "hedges",
+            "Backup requests: sent, won (answered first) and cancelled (lost the race)",
+            policy.hedges.clone(),
+        );
+        registry.register(
+            "hedges_suppressed",
+            "Backup requests not sent, by reason (budget, breaker, deadline, no_history, ...)",
+            policy.hedges_suppressed.clone(),
+        );
+        registry.register(
+            "hedge_delay_seconds",
+            "Current hedge delay of the route (learned for a percentile delay; absent before enough history)",
+            policy.hedge_delay.clone(),
+        );
+        registry.register(
+            "retry_budget_available",
+            "Extra attempts (retries + hedges) the route's budget allows right now",
+            policy.budget_available.clone(),
+        );
         Self {
+            health,
+            policy,
             registry,
             requests,
             latency,

@@ -4,10 +4,12 @@
 //! this order):
 //!   1. accept + HTTP/1.1 or h2c detection ........ listener.rs
 //!   2. route: Host/:authority or VIP -> Service -> rule (path/header/method)
-//!   3. (fault, deadline, drop/rate limit, retry, hedge: later issues)
+//!   3. (fault, deadline, drop/rate limit: later issues)
 //!   4. split: weighted pick of the rule's backend Service
-//!   5. balance: weighted round-robin over the Service's endpoints
+//!   5. retries and backup requests with their budget .. governed.rs
+//!      balance: latency-aware P2C (or the policy's) ... snapshot.rs
 //!   6. forward: endpoint pool, timeout, upgrades ... forward.rs
+//!      endpoint health from the response ............ observe.rs
 //!   7. metrics: requests, latency, per-endpoint counts
 
 use std::convert::Infallible;
@@ -20,7 +22,8 @@ use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
-use crate::forward::{forward, request_authority};
+use crate::forward::request_authority;
+use crate::governed;
 use crate::headers::is_grpc;
 use crate::metrics::{Direction, RequestLabels, RouteStats};
 use crate::snapshot::VipTarget;
@@ -89,14 +92,28 @@ pub async fn handle(
         ));
     };
 
-    // 4. split, 5. balance
-    let Some(endpoint) = rule.pick_backend().and_then(|c| c.pick()) else {
+    // 4. split
+    let Some(cluster) = rule.pick_backend() else {
         let err = ProxyError::NoEndpoints(table.service.to_string());
         return Ok(shared.finish(&rule.stats, Err(err), grpc, start));
     };
 
-    // 6. forward
-    let result = forward(endpoint, Request::from_parts(parts, body), rule.timeout).await;
+    // 5. retries and hedging (when the rule's policy asks), balance,
+    // 6. forward, endpoint health
+    let result = match &rule.policy {
+        Some(p) if p.is_active() => {
+            governed::send(cluster, p, parts, body, rule.timeout, grpc, start).await
+        }
+        _ => {
+            governed::once(
+                cluster,
+                Request::from_parts(parts, body),
+                rule.timeout,
+                grpc,
+            )
+            .await
+        }
+    };
 
     // 7. metrics
     Ok(shared.finish(&rule.stats, result, grpc, start))

@@ -10,6 +10,7 @@ use http::request::Parts;
 use regex::Regex;
 use weft_policy::balance::{Balance, WeightedRoundRobin};
 
+use crate::governed::RoutePolicy;
 use crate::metrics::RouteStats;
 use crate::snapshot::Cluster;
 
@@ -29,6 +30,8 @@ pub struct Rule {
     pub split: WeightedRoundRobin,
     pub timeout: Option<Duration>,
     pub stats: RouteStats,
+    /// Retries and hedging, when a TrafficPolicy asks for them.
+    pub policy: Option<Arc<RoutePolicy>>,
 }
 
 impl Rule {

@@ -25,17 +25,23 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use weft_model::Config;
-use weft_policy::balance::{Balance, WeightedRoundRobin};
+use weft_policy::health::{Classifier, ClusterHealth, HealthEvent, Verdict};
+use weft_policy::latency::{Balancer, Pending};
+use weft_policy::rng::ThreadRng;
 use weft_xds::ResourceSet;
 
+use crate::clock;
+use crate::governed::RoutePolicy;
+use crate::metrics::{EndpointLabels, HealthEventLabels, HealthMetrics};
 use crate::route::RouteTable;
 use crate::state::App;
 use crate::upstream::EndpointClient;
 
 pub use build::{BuildError, SnapshotBuilder};
 
-/// A Service port as a destination (an xDS cluster): its endpoints and how
-/// to pick one.
+/// A Service port as a destination (an xDS cluster): its endpoints, how to
+/// pick one (weft-policy's balancer) and their health (re-weighting and
+/// ejection from the cluster's failure codes).
 pub struct Cluster {
     /// `name.namespace` (metric label, error messages).
     pub label: Arc<str>,
@@ -44,16 +50,110 @@ pub struct Cluster {
     pub endpoints: Vec<Arc<EndpointClient>>,
     /// `weft_endpoint_requests_total` of each endpoint, same order.
     endpoint_requests: Vec<Counter>,
-    balancer: WeightedRoundRobin,
+    balancer: Balancer,
+    /// Shared with the next snapshot while the endpoints and settings stay.
+    pub health: Arc<ClusterHealth>,
+    /// What counts as a failure of an endpoint.
+    pub classifier: Classifier,
+    metrics: HealthMetrics,
 }
 
 impl Cluster {
     /// The endpoint for the next request, `None` when there is none; counted
     /// as a request to that endpoint.
     pub fn pick(&self) -> Option<&Arc<EndpointClient>> {
-        let i = self.balancer.pick()?;
+        self.pick_index(&[]).map(|i| &self.endpoints[i])
+    }
+
+    /// The index of the endpoint for the next attempt, avoiding `tried`
+    /// (the endpoints this request already went to) while another endpoint
+    /// can take traffic; counted as a request to it.
+    pub fn pick_index(&self, tried: &[usize]) -> Option<usize> {
+        let now = clock::now();
+        let mut rng = ThreadRng;
+        let mut found = None;
+        for _ in 0..4 {
+            let i = self.balancer.pick(now, &mut rng)?;
+            if !tried.contains(&i) {
+                found = Some(i);
+                break;
+            }
+        }
+        let i = match found {
+            Some(i) => i,
+            None if tried.is_empty() => return None,
+            // The balancer keeps choosing tried ones: any other endpoint
+            // that takes traffic, else none.
+            None => (0..self.endpoints.len())
+                .find(|i| !tried.contains(i) && self.balancer.endpoints()[*i].weight() > 0)?,
+        };
         self.endpoint_requests[i].inc();
-        Some(&self.endpoints[i])
+        Some(i)
+    }
+
+    /// Counts an attempt in flight to endpoint `i` until the guard ends.
+    pub fn start(&self, i: usize, now: Duration) -> Option<Pending> {
+        self.balancer.start(i, now)
+    }
+
+    /// Records how an attempt to endpoint `i` went: its health score, the
+    /// weight multiplier the balancer uses, and an ejection if it trips.
+    pub fn record(&self, i: usize, now: Duration, verdict: &Verdict) {
+        if matches!(verdict, Verdict::Ignored) || i >= self.health.len() {
+            return;
+        }
+        let r = self.health.record(i, now, verdict);
+        self.balancer.endpoints()[i].set_health_multiplier(r.effective_multiplier);
+        if let Some(event) = r.event {
+            self.report(&event);
+        }
+    }
+
+    /// The periodic health step (see [`ClusterHealth::evaluate`]): events
+    /// logged and counted, multipliers pushed to the balancer, gauges set.
+    pub fn tick(&self, now: Duration) {
+        for event in self.health.evaluate(now) {
+            self.report(&event);
+        }
+        for (i, load) in self.balancer.endpoints().iter().enumerate() {
+            let m = self.health.effective_multiplier(i, now);
+            load.set_health_multiplier(m);
+            let labels = EndpointLabels {
+                service: self.label.clone(),
+                endpoint: self.endpoints[i].label.clone(),
+            };
+            let cfg = self.balancer.config();
+            let share = load.effective_weight(now, cfg) / f64::from(load.weight().max(1));
+            self.metrics.weight.get_or_create(&labels).set(share);
+            self.metrics
+                .ejected
+                .get_or_create(&labels)
+                .set(i64::from(self.health.is_ejected(i)));
+        }
+    }
+
+    fn report(&self, event: &HealthEvent) {
+        let endpoint = match event {
+            HealthEvent::Ejected { endpoint, .. } | HealthEvent::Readmitted { endpoint } => {
+                self.endpoints.get(*endpoint).map(|e| e.label.clone())
+            }
+            _ => None,
+        };
+        let shown = endpoint.as_deref().unwrap_or("-");
+        match event {
+            HealthEvent::Ejected { .. } | HealthEvent::PanicEntered { .. } => {
+                tracing::warn!(service = %self.label, endpoint = shown, "{event}");
+            }
+            _ => tracing::info!(service = %self.label, endpoint = shown, "{event}"),
+        }
+        self.metrics
+            .events
+            .get_or_create(&HealthEventLabels {
+                service: self.label.clone(),
+                endpoint: endpoint.unwrap_or_else(|| "".into()),
+                event: event.kind(),
+            })
+            .inc();
     }
 }
 
@@ -87,6 +187,9 @@ pub struct BuildOptions {
     /// Connect timeout of every endpoint (`--connect-timeout`; a cluster's
     /// own `connect_timeout` is not used, so one endpoint has one pool).
     pub connect_timeout: Duration,
+    /// The zone this proxy runs in (`--zone`): endpoints in it are local
+    /// for a TrafficPolicy's `loadBalancer.locality`.
+    pub zone: Option<String>,
 }
 
 pub struct Snapshot {
@@ -106,6 +209,10 @@ pub struct Snapshot {
     /// The local app the inbound listener forwards to, when the config has
     /// an inbound listener (or `--app` names it).
     pub inbound: Option<App>,
+    /// Every cluster, for the periodic health step.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// Every rule policy with retries or hedging, for their metrics.
+    pub policies: Vec<Arc<RoutePolicy>>,
 }
 
 impl Snapshot {
@@ -119,6 +226,8 @@ impl Snapshot {
             any_host: None,
             vips: BTreeMap::new(),
             inbound: None,
+            clusters: Vec::new(),
+            policies: Vec::new(),
         }
     }
 

@@ -91,6 +91,20 @@ pub struct AppArgs {
     /// Status of injected errors.
     #[arg(long, value_name = "CODE", default_value_t = 503, value_parser = clap::value_parser!(u16).range(100..=599))]
     pub error_status: u16,
+    /// Long tail: share of requests (drawn per request, 0.0 to 1.0) that wait
+    /// --slow-latency instead of --latency.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.0, value_parser = ratio, requires = "slow_latency")]
+    pub slow_share: f64,
+    /// The delay of the --slow-share requests.
+    #[arg(long, value_name = "DURATION", value_parser = duration, requires = "slow_share")]
+    pub slow_latency: Option<Duration>,
+    /// Share of requests (0.0 to 1.0) answered 200 but with --biz-error-header
+    /// set: a business failure the proxy must classify.
+    #[arg(long, value_name = "RATIO", default_value_t = 0.0, value_parser = ratio)]
+    pub biz_error_share: f64,
+    /// The header marking a business error, NAME:VALUE.
+    #[arg(long, value_name = "NAME:VALUE", default_value = "x-biz-code:5003")]
+    pub biz_error_header: weft_demo::app::BizErrorHeader,
     /// Size in bytes of the GET response body.
     #[arg(long, value_name = "BYTES", default_value_t = 16)]
     pub body_size: usize,
@@ -108,7 +122,9 @@ pub struct AppArgs {
     /// How long the one-time stall lasts.
     #[arg(long, value_name = "DURATION", value_parser = duration, requires = "stall_after")]
     pub stall_for: Option<Duration>,
-    /// Admin port with /ready, /live and /metrics (requests, errors). Off by default.
+    /// Admin port with /ready, /live and /metrics (requests, errors). Off by
+    /// default. Faults change at runtime on the main port: GET/POST/DELETE
+    /// /_weft/fault (e.g. `?latency=200ms&for=5s`); counters: /_weft/stats.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
 }
@@ -173,6 +189,11 @@ pub struct ProxyArgs {
     /// Timeout for TCP connects to endpoints.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
     pub connect_timeout: Duration,
+    /// The zone this sidecar runs in. Endpoints whose locality has the same
+    /// zone are local: a TrafficPolicy with `loadBalancer.locality` keeps
+    /// traffic on them while enough of them are healthy.
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
     /// Close HTTP/1 connections whose request headers take longer than this.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
@@ -330,6 +351,7 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     opts.app = a.app;
     opts.admin = a.admin;
     opts.connect_timeout = a.connect_timeout;
+    opts.zone = a.zone;
     opts.header_read_timeout = a.header_read_timeout;
     opts.max_header_bytes = a.max_header_bytes as usize;
     opts.detect_timeout = a.detect_timeout;
@@ -371,6 +393,10 @@ async fn app(a: AppArgs) -> anyhow::Result<ExitCode> {
         jitter: a.jitter,
         error_rate: a.error_rate,
         error_status: a.error_status,
+        slow_share: a.slow_share,
+        slow_latency: a.slow_latency.unwrap_or_default(),
+        biz_error_share: a.biz_error_share,
+        biz_error_header: a.biz_error_header,
         body_size: a.body_size,
         calls: a.calls,
         stall: a

@@ -1,6 +1,7 @@
-//! Answering one request: faults, downstream calls, then the route.
+//! Answering one request: faults, downstream calls, then the route (or,
+//! under `/_weft/`, the app's own control paths).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,7 +19,8 @@ use hyper::service::Service;
 
 use super::body::{AppBody, Chunks};
 use super::downstream::Downstream;
-use super::fault::{Faults, SplitMix64};
+use super::fault::{BizErrorHeader, Draw, FaultCell, FaultView, Faults, SplitMix64};
+use super::fault_api;
 use super::{APP_NAME_HEADER, AppConfig, AppStats, DOWNSTREAM_HEADER, REQUEST_VERSION_HEADER};
 
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
@@ -32,22 +34,30 @@ pub(super) struct Shared {
     body: Bytes,
     error_status: StatusCode,
     error_body: Bytes,
-    faults: Faults,
+    faults: FaultCell,
     downstream: Option<Downstream>,
     /// Start and end of the one-time stall.
     stall: Option<(tokio::time::Instant, tokio::time::Instant)>,
     requests: AtomicU64,
     errors: AtomicU64,
+    biz_errors: AtomicU64,
+    slow: AtomicU64,
 }
 
 impl Shared {
     pub(super) fn new(cfg: &AppConfig) -> anyhow::Result<Self> {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&cfg.error_rate),
-            "app {}: error_rate {} is not within 0.0..=1.0",
-            cfg.name,
-            cfg.error_rate
-        );
+        let faults = Faults {
+            latency: cfg.latency,
+            jitter: cfg.jitter,
+            error_rate: cfg.error_rate,
+            slow_share: cfg.slow_share,
+            slow_latency: cfg.slow_latency,
+            biz_error_share: cfg.biz_error_share,
+            biz_error_header: cfg.biz_error_header.clone(),
+        };
+        faults
+            .check()
+            .map_err(|e| anyhow::anyhow!("app {}: {e}", cfg.name))?;
         let error_status = StatusCode::from_u16(cfg.error_status)
             .with_context(|| format!("app {}: error_status {}", cfg.name, cfg.error_status))?;
         let name = HeaderValue::from_str(&cfg.name)
@@ -57,11 +67,7 @@ impl Shared {
             body: Bytes::from(vec![b'x'; cfg.body_size]),
             error_status,
             error_body: Bytes::from(format!("injected error from {}", cfg.name)),
-            faults: Faults {
-                latency: cfg.latency,
-                jitter: cfg.jitter,
-                error_rate: cfg.error_rate,
-            },
+            faults: FaultCell::new(faults),
             downstream: Downstream::new(&cfg.calls)
                 .with_context(|| format!("app {}: calls", cfg.name))?,
             stall: cfg.stall.map(|s| {
@@ -70,6 +76,8 @@ impl Shared {
             }),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            biz_errors: AtomicU64::new(0),
+            slow: AtomicU64::new(0),
         })
     }
 
@@ -77,10 +85,21 @@ impl Shared {
         AppStats {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            biz_errors: self.biz_errors.load(Ordering::Relaxed),
+            slow: self.slow.load(Ordering::Relaxed),
         }
     }
 
-    fn response(&self, status: StatusCode, body: AppBody) -> Response<AppBody> {
+    pub(super) fn name(&self) -> &str {
+        // Built from the configured name, a `String`.
+        self.name.to_str().unwrap_or("app")
+    }
+
+    pub(super) fn faults(&self) -> &FaultCell {
+        &self.faults
+    }
+
+    pub(super) fn response(&self, status: StatusCode, body: AppBody) -> Response<AppBody> {
         let mut response = Response::new(body);
         *response.status_mut() = status;
         let headers = response.headers_mut();
@@ -97,8 +116,23 @@ impl Shared {
         )
     }
 
-    /// The answer once faults and downstream calls are behind us.
-    fn answer(&self, route: Route, req: Request<Incoming>) -> Response<AppBody> {
+    /// The answer once faults and downstream calls are behind us, marked as
+    /// a business error when `biz_error` says so.
+    fn answer(
+        &self,
+        route: Route,
+        req: Request<Incoming>,
+        biz_error: Option<BizErrorHeader>,
+    ) -> Response<AppBody> {
+        let mut response = self.route(route, req);
+        if let Some(header) = biz_error {
+            self.biz_errors.fetch_add(1, Ordering::Relaxed);
+            response.headers_mut().insert(header.name, header.value);
+        }
+        response
+    }
+
+    fn route(&self, route: Route, req: Request<Incoming>) -> Response<AppBody> {
         match route {
             Route::Body | Route::Delay(_) => {
                 self.response(StatusCode::OK, AppBody::Full(Some(self.body.clone())))
@@ -135,15 +169,15 @@ impl Shared {
 
     async fn answer_later(
         self: Arc<Self>,
-        delay: Duration,
-        inject_error: bool,
+        draw: Draw,
+        biz_error: Option<BizErrorHeader>,
         route: Route,
         req: Request<Incoming>,
     ) -> Response<AppBody> {
-        if !delay.is_zero() {
-            super::timer::sleep(delay).await;
+        if !draw.delay.is_zero() {
+            super::timer::sleep(draw.delay).await;
         }
-        if inject_error {
+        if draw.error {
             self.hold_during_stall().await;
             return self.injected_error();
         }
@@ -164,7 +198,7 @@ impl Shared {
             super::timer::sleep(wait).await;
         }
         self.hold_during_stall().await;
-        let mut response = self.answer(route, req);
+        let mut response = self.answer(route, req, biz_error);
         if let Some(names) = downstream_names {
             response.headers_mut().insert(DOWNSTREAM_HEADER, names);
         }
@@ -242,18 +276,34 @@ fn headers_json(req: &Request<Incoming>) -> Vec<u8> {
 }
 
 /// The service of one connection: shared state plus the connection's own
-/// PRNG (a `Cell`, since hyper calls services through `&self`).
+/// PRNG and copy of the faults (cells, since hyper calls services through
+/// `&self`).
 pub(super) struct AppService {
     shared: Arc<Shared>,
     rng: Cell<SplitMix64>,
+    faults: RefCell<FaultView>,
 }
 
 impl AppService {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
+        let faults = RefCell::new(shared.faults.view());
         AppService {
             shared,
             rng: Cell::new(SplitMix64::new(SplitMix64::connection_seed())),
+            faults,
         }
+    }
+
+    /// This request's draws, from the faults current when it arrived, and
+    /// the business-error header when it is to carry one.
+    fn draw(&self) -> (Draw, Option<BizErrorHeader>) {
+        let mut view = self.faults.borrow_mut();
+        let faults = self.shared.faults.refresh(&mut view);
+        let mut rng = self.rng.get();
+        let draw = faults.draw(&mut rng);
+        self.rng.set(rng);
+        let biz_error = draw.biz_error.then(|| faults.biz_error_header.clone());
+        (draw, biz_error)
     }
 }
 
@@ -264,27 +314,30 @@ impl Service<Request<Incoming>> for AppService {
 
     fn call(&self, req: Request<Incoming>) -> AppFuture {
         let shared = &self.shared;
+        if req.uri().path().starts_with(fault_api::PREFIX) {
+            return AppFuture::Later(Box::pin(fault_api::answer(Arc::clone(shared), req)));
+        }
         shared.requests.fetch_add(1, Ordering::Relaxed);
-        let mut rng = self.rng.get();
-        let delay = shared.faults.delay(&mut rng);
-        let inject_error = shared.faults.inject_error(&mut rng);
-        self.rng.set(rng);
+        let (draw, biz_error) = self.draw();
+        if draw.slow {
+            shared.slow.fetch_add(1, Ordering::Relaxed);
+        }
         let route = Route::of(&req);
 
         // The benchmark's hot path: answered in place, no task, no box.
-        if delay.is_zero()
+        if draw.delay.is_zero()
             && shared.downstream.is_none()
             && shared.stall.is_none()
             && !matches!(route, Route::Delay(_))
         {
-            let response = if inject_error {
+            let response = if draw.error {
                 shared.injected_error()
             } else {
-                shared.answer(route, req)
+                shared.answer(route, req, biz_error)
             };
             return AppFuture::Ready(Some(response));
         }
-        let later = Arc::clone(shared).answer_later(delay, inject_error, route, req);
+        let later = Arc::clone(shared).answer_later(draw, biz_error, route, req);
         AppFuture::Later(Box::pin(later))
     }
 }

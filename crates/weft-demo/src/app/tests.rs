@@ -9,6 +9,8 @@ use weft_test_support::{HttpClient, TestResponse, wait_until};
 
 use super::*;
 
+mod faults;
+
 async fn app(cfg: AppConfig) -> RunningApp {
     start(cfg).await.expect("starting the sample app")
 }
@@ -128,7 +130,8 @@ async fn error_rate_injects_about_that_share_of_errors() {
         app.stats(),
         AppStats {
             requests: 1000,
-            errors
+            errors,
+            ..AppStats::default()
         }
     );
 }

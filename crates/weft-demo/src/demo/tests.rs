@@ -41,7 +41,7 @@ fn in_use(e: &anyhow::Error) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_shows_healthy_services_the_canary_split_and_an_even_inventory() {
+async fn a_short_run_shows_healthy_services_the_canary_split_and_both_inventory_endpoints() {
     let opts = DemoOptions {
         duration: Some(Duration::from_secs(3)),
         rate: 100,
@@ -74,8 +74,11 @@ async fn a_short_run_shows_healthy_services_the_canary_split_and_an_even_invento
         .filter(|e| e.service == "inventory")
         .collect();
     assert_eq!(inventory.len(), 2, "{report:#?}");
+    // Latency-aware balancing (the default) favours whichever endpoint
+    // measured faster, so two equal ones need not split evenly at 100
+    // req/s; both must take traffic (an unmeasured endpoint is probed).
     for e in inventory {
-        assert!((0.35..=0.65).contains(&e.share), "{e:?}");
+        assert!((0.02..=0.98).contains(&e.share), "{e:?}");
     }
     assert!(
         !report.config_dir.exists(),

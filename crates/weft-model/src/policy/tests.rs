@@ -361,7 +361,7 @@ spec:
 }
 
 #[test]
-fn loaded_policies_are_named_as_not_yet_enforced() {
+fn locality_preference_is_named_as_not_enforced_everywhere() {
     let c = load(
         r#"
 apiVersion: weft.dev/v1alpha1
@@ -374,10 +374,25 @@ spec:
 "#,
     )
     .unwrap();
+    assert!(
+        c.not_yet_enforced().is_empty(),
+        "hedging and retry are enforced"
+    );
+    let c = load(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: zones}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  loadBalancer: {locality: {minHealthyPercent: 70}}
+"#,
+    )
+    .unwrap();
     let w = c.not_yet_enforced();
     assert_eq!(w.len(), 1);
     assert!(
-        w[0].contains("default/tail") && w[0].contains("hedging, retry"),
+        w[0].contains("default/zones") && w[0].contains("--zone"),
         "{w:?}"
     );
     assert!(

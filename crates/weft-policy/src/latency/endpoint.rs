@@ -171,10 +171,23 @@ impl EndpointLoad {
             return f64::INFINITY;
         }
         let per_request = match algorithm {
+            // Never measured and idle: probe it (one request at a time),
+            // or an endpoint faster than `default_rtt` would never be tried
+            // while the measured ones are quicker than that guess. Not for
+            // the locality spill test (`decayed: false`): no probes across
+            // zones.
+            Algorithm::LatencyAware if decayed && self.in_flight() == 0 && self.unmeasured() => {
+                MIN_ESTIMATE_NS
+            }
             Algorithm::LatencyAware => self.estimate_ns(now, cfg, decayed),
             Algorithm::LeastRequest | Algorithm::RoundRobin => 1.0,
         };
         per_request * self.requests_if_picked() / weight
+    }
+
+    /// No latency sample yet.
+    pub(crate) fn unmeasured(&self) -> bool {
+        self.rtt.load(Relaxed) == NO_SAMPLE
     }
 
     fn requests_if_picked(&self) -> f64 {

@@ -8,8 +8,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use prost::Message;
 use weft_policy::balance::WeightedRoundRobin;
+use weft_policy::health::{Classifier, ClusterHealth, FailureCodes};
+use weft_policy::latency::{Balancer, EndpointLoad, LatencyConfig};
 use weft_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster as PbCluster;
 use weft_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use weft_xds::envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -22,7 +26,10 @@ use super::cluster::{
 use super::listener::{ListenerPlan, Role, RouteSource, Traffic, parse_listener};
 use super::routes::{Domain, RoutesPlan, VhostPlan, parse_route_config, strip_port};
 use super::{BuildOptions, Cluster, HostRoutes, Snapshot, VipTarget};
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::clock;
+use crate::governed::RoutePolicy;
+use crate::metrics::{Direction, PolicyLabels, ProxyMetrics};
+use crate::policy::{ClusterSettings, RouteSettings};
 use crate::route::{RouteTable, Rule};
 use crate::state::App;
 use crate::upstream::EndpointRegistry;
@@ -64,6 +71,19 @@ struct Parsed {
 pub struct SnapshotBuilder {
     opts: BuildOptions,
     parsed: HashMap<(TypeUrl, String), Parsed>,
+    /// What each cluster learned (latency, health), kept across snapshots.
+    memory: HashMap<String, ClusterMemory>,
+    /// Rule policies by (service, rule), kept while their JSON is unchanged
+    /// (a learned hedge delay and the budget survive endpoint changes).
+    route_policies: HashMap<(Arc<str>, Arc<str>), Arc<RoutePolicy>>,
+}
+
+/// A cluster's state that outlives one snapshot.
+struct ClusterMemory {
+    addrs: Vec<SocketAddr>,
+    loads: Vec<Arc<EndpointLoad>>,
+    health: Arc<ClusterHealth>,
+    settings: ClusterSettings,
 }
 
 impl SnapshotBuilder {
@@ -71,6 +91,8 @@ impl SnapshotBuilder {
         Self {
             opts,
             parsed: HashMap::new(),
+            memory: HashMap::new(),
+            route_policies: HashMap::new(),
         }
     }
 
@@ -106,6 +128,9 @@ impl SnapshotBuilder {
             registry,
             metrics,
             clusters: HashMap::new(),
+            memory: &mut self.memory,
+            old_policies: &self.route_policies,
+            policies: HashMap::new(),
         };
         let mut snapshot = Snapshot::empty();
         snapshot.generation = generation;
@@ -115,6 +140,17 @@ impl SnapshotBuilder {
                 assembly.listener(l, &mut snapshot);
             }
         }
+        let Assembly {
+            clusters, policies, ..
+        } = assembly;
+        self.memory.retain(|name, _| clusters.contains_key(name));
+        snapshot.clusters = clusters.into_values().collect();
+        snapshot.policies = policies
+            .values()
+            .filter(|p| p.is_active())
+            .cloned()
+            .collect();
+        self.route_policies = policies;
         Ok(snapshot)
     }
 
@@ -192,6 +228,9 @@ struct Assembly<'a> {
     metrics: &'a ProxyMetrics,
     /// One runtime cluster per name, shared by every route and listener.
     clusters: HashMap<String, Arc<Cluster>>,
+    memory: &'a mut HashMap<String, ClusterMemory>,
+    old_policies: &'a HashMap<(Arc<str>, Arc<str>), Arc<RoutePolicy>>,
+    policies: HashMap<(Arc<str>, Arc<str>), Arc<RoutePolicy>>,
 }
 
 impl<'a> Assembly<'a> {
@@ -275,6 +314,7 @@ impl<'a> Assembly<'a> {
     fn endpoints(&self, plan: &'a ClusterPlan) -> &'a EndpointsPlan {
         static NONE: EndpointsPlan = EndpointsPlan {
             endpoints: Vec::new(),
+            zones: Vec::new(),
         };
         match &plan.endpoints {
             EndpointSource::Static(e) => e,
@@ -293,7 +333,11 @@ impl<'a> Assembly<'a> {
                 let backends: Vec<Arc<Cluster>> =
                     r.backends.iter().map(|(c, _)| self.cluster(c)).collect();
                 let weights: Vec<u32> = r.backends.iter().map(|(_, w)| *w).collect();
+                let policy = r.policy.as_ref().and_then(|(json, settings)| {
+                    self.rule_policy(&vh.service, &r.label, json, settings)
+                });
                 Rule {
+                    policy,
                     label: r.label.clone(),
                     matcher: r.matcher.clone(),
                     backends,
@@ -317,13 +361,15 @@ impl<'a> Assembly<'a> {
         if let Some(c) = self.clusters.get(name) {
             return c.clone();
         }
-        let (label, http2, endpoints) = match self.plan(TypeUrl::Cluster, name) {
+        let (label, http2, endpoints, zones, policy) = match self.plan(TypeUrl::Cluster, name) {
             Some(Plan::Cluster(plan)) => (
                 plan.label.as_str(),
                 plan.http2,
                 self.endpoints(plan).endpoints.as_slice(),
+                self.endpoints(plan).zones.as_slice(),
+                plan.policy.as_deref(),
             ),
-            _ => (strip_port(name), false, &[][..]),
+            _ => (strip_port(name), false, &[][..], &[][..], None),
         };
         let label: Arc<str> = label.into();
         let clients: Vec<_> = endpoints
@@ -338,17 +384,127 @@ impl<'a> Assembly<'a> {
                     .endpoint_counter(label.clone(), e.label.clone())
             })
             .collect();
-        // Start each cluster at a different point of its cycle so that many
-        // sidecars with the same config spread their first requests.
-        let offset = std::process::id() as usize;
+        let zone = self.opts.zone.as_deref();
+        let settings = ClusterSettings::new(policy, &weights, zone).unwrap_or_else(|e| {
+            // Checked when parsed; only the endpoint weights are new here.
+            tracing::warn!(cluster = name, error = %e, "cluster policy unusable; using defaults");
+            ClusterSettings::new(None, &weights, zone).expect("the default settings are valid")
+        });
+        let (loads, health) = self.remember(name, endpoints, zones, &settings);
+        let balancer = Balancer::new(settings.latency.clone(), loads.clone()).unwrap_or_else(|e| {
+            tracing::warn!(cluster = name, error = %e, "balancer settings unusable; using defaults");
+            Balancer::new(LatencyConfig::default(), loads).expect("the default settings are valid")
+        });
+        let classifier = Classifier::new(&settings.codes)
+            .unwrap_or_else(|_| Classifier::new(&FailureCodes::default()).expect("defaults"));
         let c = Arc::new(Cluster {
             label,
             http2,
             endpoints: clients,
             endpoint_requests,
-            balancer: WeightedRoundRobin::starting_at(&weights, offset),
+            balancer,
+            health,
+            classifier,
+            metrics: self.metrics.health.clone(),
         });
         self.clusters.insert(name.to_string(), c.clone());
         c
+    }
+
+    /// The endpoints' load trackers and the cluster's health for this
+    /// snapshot, continuing what the previous snapshot learned about the
+    /// endpoints that stay (endpoints that join a running cluster slow-start).
+    fn remember(
+        &mut self,
+        name: &str,
+        endpoints: &[(SocketAddr, u32)],
+        zones: &[Option<String>],
+        settings: &ClusterSettings,
+    ) -> (Vec<Arc<EndpointLoad>>, Arc<ClusterHealth>) {
+        let now = clock::now();
+        let addrs: Vec<SocketAddr> = endpoints.iter().map(|(a, _)| *a).collect();
+        let prev = self.memory.get(name).filter(|m| !m.addrs.is_empty());
+        let position = |a: &SocketAddr| prev.and_then(|m| m.addrs.iter().position(|b| b == a));
+        let loads: Vec<Arc<EndpointLoad>> = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, w))| {
+                let zone = zones.get(i).and_then(|z| z.as_deref());
+                match (prev, position(addr)) {
+                    (Some(m), Some(j)) if m.loads[j].zone() == zone => {
+                        let l = m.loads[j].clone();
+                        if l.weight() != *w {
+                            l.set_weight(*w);
+                        }
+                        l
+                    }
+                    (Some(_), _) => Arc::new(EndpointLoad::added(*w, zone, now)),
+                    (None, _) => Arc::new(EndpointLoad::initial(*w, zone, now)),
+                }
+            })
+            .collect();
+        let fresh = || {
+            ClusterHealth::new(settings.health, addrs.len()).unwrap_or_else(|_| {
+                ClusterHealth::new(Default::default(), addrs.len()).expect("defaults")
+            })
+        };
+        let health = match prev {
+            Some(m) if m.addrs == addrs && m.settings.health == settings.health => m.health.clone(),
+            Some(m) => {
+                let mapping: Vec<Option<usize>> = addrs.iter().map(&position).collect();
+                Arc::new(
+                    m.health
+                        .carry_over(settings.health, &mapping)
+                        .unwrap_or_else(|_| fresh()),
+                )
+            }
+            None => Arc::new(fresh()),
+        };
+        for (i, l) in loads.iter().enumerate() {
+            l.set_health_multiplier(health.effective_multiplier(i, now));
+        }
+        self.memory.insert(
+            name.to_string(),
+            ClusterMemory {
+                addrs,
+                loads: loads.clone(),
+                health: health.clone(),
+                settings: settings.clone(),
+            },
+        );
+        (loads, health)
+    }
+
+    /// The policy of one rule: the previous snapshot's while its JSON is
+    /// the same, else a new one.
+    fn rule_policy(
+        &mut self,
+        service: &Arc<str>,
+        rule: &Arc<str>,
+        json: &str,
+        settings: &RouteSettings,
+    ) -> Option<Arc<RoutePolicy>> {
+        let key = (service.clone(), rule.clone());
+        if let Some(p) = self.policies.get(&key) {
+            return Some(p.clone());
+        }
+        let p = match self.old_policies.get(&key) {
+            Some(p) if p.json == json => p.clone(),
+            _ => {
+                let labels = PolicyLabels {
+                    service: service.clone(),
+                    route: rule.clone(),
+                };
+                match RoutePolicy::new(json.to_string(), settings, labels) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        tracing::warn!(service = %service, rule = %rule, error = %e, "route policy unusable; none applied");
+                        return None;
+                    }
+                }
+            }
+        };
+        self.policies.insert(key, p.clone());
+        Some(p)
     }
 }

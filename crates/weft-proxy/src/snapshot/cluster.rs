@@ -11,8 +11,11 @@ use weft_xds::envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
 
+use weft_model::PolicySections;
+
 use super::listener::socket_addr;
 use super::routes::strip_port;
+use crate::policy::{ClusterSettings, POLICY_METADATA_KEY, parse_sections, policy_json};
 
 #[derive(Clone)]
 pub(super) struct ClusterPlan {
@@ -20,6 +23,8 @@ pub(super) struct ClusterPlan {
     pub label: String,
     pub http2: bool,
     pub endpoints: EndpointSource,
+    /// The Service's TrafficPolicy sections (cluster metadata), checked.
+    pub policy: Option<Box<PolicySections>>,
 }
 
 #[derive(Clone)]
@@ -34,6 +39,8 @@ pub(super) enum EndpointSource {
 #[derive(Clone, Default)]
 pub(super) struct EndpointsPlan {
     pub endpoints: Vec<(SocketAddr, u32)>,
+    /// The zone of each endpoint's locality, same order.
+    pub zones: Vec<Option<String>>,
 }
 
 pub(super) fn parse_cluster(c: &Cluster) -> Result<ClusterPlan, String> {
@@ -76,10 +83,20 @@ pub(super) fn parse_cluster(c: &Cluster) -> Result<ClusterPlan, String> {
             ));
         }
     };
+    let policy = match policy_json(c.metadata.as_ref())? {
+        Some(json) => {
+            let sections = parse_sections(&json)?;
+            ClusterSettings::new(Some(&sections), &[], None)
+                .map_err(|e| format!("metadata {POLICY_METADATA_KEY:?}: {e}"))?;
+            Some(Box::new(sections))
+        }
+        None => None,
+    };
     Ok(ClusterPlan {
         label: strip_port(&c.name).to_string(),
         http2: http2(c)?,
         endpoints,
+        policy,
     })
 }
 
@@ -122,7 +139,7 @@ fn http2(c: &Cluster) -> Result<bool, String> {
 /// The endpoints of the highest-priority (lowest number) group that has
 /// any, without the unhealthy and draining ones; weights default to 1.
 pub(super) fn parse_load_assignment(cla: &ClusterLoadAssignment) -> Result<EndpointsPlan, String> {
-    let mut by_priority: std::collections::BTreeMap<u32, Vec<(SocketAddr, u32)>> =
+    let mut by_priority: std::collections::BTreeMap<u32, Vec<(SocketAddr, u32, Option<String>)>> =
         Default::default();
     for (i, group) in cla.endpoints.iter().enumerate() {
         for (j, lb) in group.lb_endpoints.iter().enumerate() {
@@ -144,13 +161,20 @@ pub(super) fn parse_load_assignment(cla: &ClusterLoadAssignment) -> Result<Endpo
                 Some(w) if w.value == 0 => return Err(err("load_balancing_weight 0".into())),
                 Some(w) => w.value,
             };
+            let zone = group
+                .locality
+                .as_ref()
+                .map(|l| l.zone.clone())
+                .filter(|z| !z.is_empty());
             by_priority
                 .entry(group.priority)
                 .or_default()
-                .push((addr, weight));
+                .push((addr, weight, zone));
         }
     }
+    let first = by_priority.into_values().next().unwrap_or_default();
     Ok(EndpointsPlan {
-        endpoints: by_priority.into_values().next().unwrap_or_default(),
+        endpoints: first.iter().map(|(a, w, _)| (*a, *w)).collect(),
+        zones: first.into_iter().map(|(_, _, z)| z).collect(),
     })
 }

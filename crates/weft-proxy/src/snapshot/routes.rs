@@ -12,6 +12,7 @@ use weft_xds::envoy_types::pb::envoy::config::route::v3::{
 };
 use weft_xds::envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 
+use crate::policy::{POLICY_METADATA_KEY, RouteSettings, parse_sections, policy_json};
 use crate::route::{HeaderMatcher, Matcher, PathMatcher, ValueMatcher};
 
 /// Envoy's route timeout when a route does not set one.
@@ -46,6 +47,8 @@ pub(super) struct RulePlan {
     /// (cluster name, weight)
     pub backends: Vec<(String, u32)>,
     pub timeout: Option<Duration>,
+    /// The rule's TrafficPolicy (route metadata): its JSON and settings.
+    pub policy: Option<(String, RouteSettings)>,
 }
 
 impl RoutesPlan {
@@ -146,11 +149,21 @@ fn parse_route(r: &Route, index: usize) -> Result<RulePlan, String> {
     } else {
         r.name.as_str().into()
     };
+    let policy = match policy_json(r.metadata.as_ref())? {
+        Some(json) => {
+            let sections = parse_sections(&json)?;
+            let settings = RouteSettings::new(&sections)
+                .map_err(|e| format!("metadata {POLICY_METADATA_KEY:?}: {e}"))?;
+            Some((json, settings))
+        }
+        None => None,
+    };
     Ok(RulePlan {
         label,
         matcher: parse_match(m)?,
         backends: parse_backends(action)?,
         timeout: parse_timeout(action)?,
+        policy,
     })
 }
 

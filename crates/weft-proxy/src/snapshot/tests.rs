@@ -55,6 +55,7 @@ spec:
 fn options() -> BuildOptions {
     BuildOptions {
         connect_timeout: Duration::from_secs(1),
+        zone: None,
     }
 }
 

@@ -550,3 +550,30 @@ fn shared_across_threads() {
     send_sync::<EndpointLoad>();
     send_sync::<Pending>();
 }
+
+#[test]
+fn an_unmeasured_endpoint_is_probed_one_request_at_a_time() {
+    // Measured at 1 ms, far below the 30 ms guess an unmeasured endpoint
+    // would otherwise carry: without probing, `fresh` never gets a request.
+    let measured = endpoint(1);
+    let fresh = endpoint(1);
+    request(&measured, ms(0), ms(1));
+    let b = Balancer::new(cfg(), vec![measured.clone(), fresh.clone()]).unwrap();
+    let mut rng = SplitMix64::new(7);
+    assert_eq!(
+        b.pick(ms(2), &mut rng),
+        Some(1),
+        "the idle unmeasured one is probed"
+    );
+    let probe = b.start(1, ms(2)).unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            b.pick(ms(2), &mut rng),
+            Some(0),
+            "one probe at a time: no herd to an endpoint nobody measured"
+        );
+    }
+    probe.finish(ms(3));
+    // Measured now (1 ms): an ordinary candidate.
+    assert!(!fresh.unmeasured());
+}
