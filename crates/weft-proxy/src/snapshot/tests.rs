@@ -15,6 +15,8 @@ use weft_xds::envoy_types::pb::google::protobuf::Any;
 use weft_xds::{Resource, TypeUrl};
 
 use super::*;
+
+mod policy;
 use crate::metrics::ProxyMetrics;
 use crate::upstream::EndpointRegistry;
 
