@@ -284,3 +284,108 @@ async fn the_budget_bounds_backups_when_everything_is_slow() {
     let suppressed = p.metric("weft_hedges_suppressed_total", &[]).await;
     assert!(suppressed > 0.0, "the rest were suppressed and counted");
 }
+
+/// Requests a test upstream received, and those whose handler was dropped
+/// before it answered (the proxy cancelled them).
+#[derive(Default)]
+struct Seen {
+    received: std::sync::atomic::AtomicU64,
+    cancelled: std::sync::atomic::AtomicU64,
+}
+
+struct Unfinished(std::sync::Arc<Seen>, bool);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0
+                .cancelled
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// An upstream answering after `delay`, over HTTP/1.1 and h2c (auto).
+async fn counting_upstream(delay: Duration) -> (SocketAddr, std::sync::Arc<Seen>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(Seen::default());
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                    let s = s.clone();
+                    async move {
+                        s.received
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let mut guard = Unfinished(s, false);
+                        tokio::time::sleep(delay).await;
+                        guard.1 = true;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                        ))
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The losing attempt of a hedged request is cancelled at the upstream:
+/// an HTTP/2 stream reset, an HTTP/1.1 connection closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_losing_attempt_is_cancelled_at_the_upstream() {
+    for protocol in ["http", "http2"] {
+        let (slow, slow_seen) = counting_upstream(Duration::from_secs(2)).await;
+        let (fast, _) = counting_upstream(Duration::ZERO).await;
+        let dir = config_dir(&[
+            (
+                "svc.yaml",
+                &service("catalog", protocol, &[(slow, 1), (fast, 1)], None),
+            ),
+            (
+                "p.yaml",
+                &policy(
+                    "hedge",
+                    "catalog",
+                    "  loadBalancer: {type: RoundRobin}\n  hedging: {delay: 20ms}\n  budget: {percent: 100, minPerSecond: 100}\n",
+                ),
+            ),
+        ]);
+        let p = proxy(dir.path(), "frontend", None, &[]).await;
+        let rs = burst(p.outbound, "catalog", 20, 2).await;
+        assert!(rs.iter().all(|(r, _)| r.status == 200), "{protocol}");
+        assert!(
+            percentile(&rs, 100.0) < Duration::from_secs(1),
+            "{protocol}: backups answered"
+        );
+        let received = slow_seen
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(received >= 5, "{protocol}: round robin sent {received}");
+        wait_until(
+            &format!("{protocol}: every slow attempt cancelled"),
+            Duration::from_secs(5),
+            || async {
+                let c = slow_seen
+                    .cancelled
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                (c == received).then_some(())
+            },
+        )
+        .await
+        .unwrap();
+    }
+}
