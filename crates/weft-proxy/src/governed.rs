@@ -282,7 +282,19 @@ pub async fn send(
     let deadline = timeout.map(|t| start + t);
     let remaining = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
 
-    if is_upgrade(&parts.headers) {
+    let idempotent = is_idempotent(parts.method.as_str());
+    let retry_ok = policy.retry_non_idempotent || idempotent;
+    let hedge_ok = policy.hedge_non_idempotent || idempotent;
+    let replayable = (policy.retry.is_some() && retry_ok) || (policy.hedge.is_some() && hedge_ok);
+    if is_upgrade(&parts.headers) || !replayable {
+        if let Some(h) = &policy.hedge {
+            // Counted as suppressed (not idempotent), as the plan would.
+            let _ = h.plan(&HedgeRequest::new(
+                parts.method.as_str(),
+                policy.hedge_non_idempotent,
+                None,
+            ));
+        }
         return once(cluster, Request::from_parts(parts, body), timeout, grpc).await;
     }
     let body = match collect(body, policy.max_body).await? {
@@ -296,7 +308,6 @@ pub async fn send(
     };
     let method = parts.method.clone();
     let template = Template { parts };
-    let retry_ok = policy.retry_non_idempotent || is_idempotent(method.as_str());
     let try_timeout = |left: Option<Duration>| match &policy.retry {
         Some(r) => r.try_timeout(left),
         None => left,

@@ -389,3 +389,66 @@ async fn the_losing_attempt_is_cancelled_at_the_upstream() {
         .unwrap();
     }
 }
+
+/// POST is not sent twice unless the policy says the route is safe to
+/// repeat; then its body is replayed intact to the backup.
+#[tokio::test]
+async fn non_idempotent_requests_are_hedged_only_when_marked_safe() {
+    let slow = app("slow", &["--latency", "400ms"]).await;
+    let fast = app("fast", &[]).await;
+    for (safe, extra) in [(false, ""), (true, ", nonIdempotent: true")] {
+        let dir = config_dir(&[
+            (
+                "svc.yaml",
+                &service("catalog", "http", &[(slow.addr, 1), (fast.addr, 1)], None),
+            ),
+            (
+                "p.yaml",
+                &policy(
+                    "hedge",
+                    "catalog",
+                    &format!(
+                        "  loadBalancer: {{type: RoundRobin}}\n  hedging: {{delay: 20ms{extra}}}\n  budget: {{percent: 100, minPerSecond: 100}}\n"
+                    ),
+                ),
+            ),
+        ]);
+        let p = proxy(dir.path(), "frontend", None, &[]).await;
+        let client = HttpClient::http1();
+        let mut slowest = Duration::ZERO;
+        for i in 0..6 {
+            let body = format!("order-{i}");
+            let t = Instant::now();
+            let r = client
+                .post(p.outbound, "catalog", "/orders", body.clone())
+                .await
+                .unwrap();
+            slowest = slowest.max(t.elapsed());
+            assert_eq!(r.status, 200);
+            assert_eq!(r.text(), body, "the body arrives intact (replayed: {safe})");
+        }
+        if safe {
+            assert!(slowest < Duration::from_millis(300), "hedged: {slowest:?}");
+        } else {
+            assert!(
+                slowest >= Duration::from_millis(400),
+                "not hedged: {slowest:?}"
+            );
+            wait_until(
+                "not-idempotent suppressions counted",
+                Duration::from_secs(5),
+                || async {
+                    let n = p
+                        .metric(
+                            "weft_hedges_suppressed_total",
+                            &["reason=\"not_idempotent\""],
+                        )
+                        .await;
+                    (n >= 6.0).then_some(())
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+}
