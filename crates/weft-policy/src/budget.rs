@@ -20,6 +20,15 @@
 //!   `ratio x deposits + reserve x (k + 1)`: extra load never exceeds the
 //!   configured share plus the per-second minimum.
 //!
+//! The window alone would let credit saved over a calm `ttl` be spent in
+//! the first moments of an outage (at 10% of 500 req/s with a 10 s window,
+//! about 600 attempts: a burst that doubles the load for over a second).
+//! So a second rule holds over the last [`BURST_SLICES`] slices (the
+//! current one and the one before): withdrawals there are at most `ratio x`
+//! their deposits plus `min_per_sec x` their length. Extra load stays near
+//! its share at every time scale, and a quiet route still gets
+//! `min_per_sec` attempts a second.
+//!
 //! Deposits happen on every request, so they are one lock-free CAS on the
 //! current slice. Withdrawals (rare: only when an attempt is about to be
 //! repeated) take a small mutex so that concurrent withdrawers cannot both
@@ -31,6 +40,9 @@ use std::time::Duration;
 
 /// Number of slices the `ttl` window is cut into (Finagle uses 10 too).
 pub const SLICES: usize = 10;
+
+/// Slices the burst rule looks at: the current one and the one before.
+pub const BURST_SLICES: u64 = 2;
 
 /// Deposits per slice saturate here (24 bits: far above any one proxy's rate
 /// for one route over a slice of at most 6 s). Saturating only loses credit.
@@ -100,6 +112,9 @@ pub struct Budget {
     config: BudgetConfig,
     ratio_ppm: u64,
     reserve: u64,
+    /// The burst rule's `min_per_sec x` its length, in millionths of an
+    /// attempt.
+    burst_reserve_ppm: u128,
     slice_nanos: u64,
     /// Per slice: `epoch << COUNT_BITS | deposits`, where `epoch` is the
     /// slice number since the clock's epoch.
@@ -113,9 +128,11 @@ impl Budget {
     pub fn new(config: BudgetConfig) -> Result<Self, BudgetConfigError> {
         config.validate()?;
         let slice_nanos = (config.ttl.as_nanos() / SLICES as u128) as u64;
+        let burst_nanos = u128::from(slice_nanos) * u128::from(BURST_SLICES);
         Ok(Self {
             ratio_ppm: (config.ratio * PPM as f64).round() as u64,
             reserve: config.reserve(),
+            burst_reserve_ppm: u128::from(config.min_per_sec) * burst_nanos / 1_000,
             slice_nanos,
             deposits: std::array::from_fn(|_| AtomicU64::new(0)),
             // Epoch 0 is live at the start; its zero count is harmless.
@@ -166,6 +183,10 @@ impl Budget {
         if !self.covers(spent + 1, self.live_deposits(epoch)) {
             return false;
         }
+        let recent = recent_withdrawals(&withdrawals, epoch);
+        if !self.burst_covers(recent + 1, self.recent_deposits(epoch)) {
+            return false;
+        }
         let slot = &mut withdrawals[epoch as usize % SLICES];
         if slot.0 == epoch {
             slot.1 += 1;
@@ -187,9 +208,30 @@ impl Budget {
         let credit = (u128::from(self.ratio_ppm) * u128::from(self.live_deposits(epoch))
             + u128::from(self.reserve) * u128::from(PPM))
             / u128::from(PPM);
-        u64::try_from(credit)
+        let window = u64::try_from(credit)
             .unwrap_or(u64::MAX)
-            .saturating_sub(spent)
+            .saturating_sub(spent);
+        let burst = (u128::from(self.ratio_ppm) * u128::from(self.recent_deposits(epoch))
+            + self.burst_reserve_ppm)
+            / u128::from(PPM);
+        let burst = u64::try_from(burst)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(recent_withdrawals(&withdrawals, epoch));
+        window.min(burst)
+    }
+
+    fn burst_covers(&self, withdrawals: u64, deposits: u64) -> bool {
+        u128::from(withdrawals) * u128::from(PPM)
+            <= u128::from(self.ratio_ppm) * u128::from(deposits) + self.burst_reserve_ppm
+    }
+
+    fn recent_deposits(&self, epoch: u64) -> u64 {
+        self.deposits
+            .iter()
+            .map(|slot| unpack(slot.load(Ordering::Relaxed)))
+            .filter(|&(slot_epoch, _)| is_recent(slot_epoch, epoch))
+            .map(|(_, count)| count)
+            .sum()
     }
 
     fn covers(&self, withdrawals: u64, deposits: u64) -> bool {
@@ -218,6 +260,19 @@ fn live_withdrawals(slots: &[(u64, u64); SLICES], epoch: u64) -> u64 {
         .filter(|&&(slot_epoch, _)| is_live(slot_epoch, epoch))
         .map(|&(_, count)| count)
         .sum()
+}
+
+fn recent_withdrawals(slots: &[(u64, u64); SLICES], epoch: u64) -> u64 {
+    slots
+        .iter()
+        .filter(|&&(slot_epoch, _)| is_recent(slot_epoch, epoch))
+        .map(|&(_, count)| count)
+        .sum()
+}
+
+/// In the burst rule's slices (future ones from a lagging clock too).
+fn is_recent(slot_epoch: u64, epoch: u64) -> bool {
+    slot_epoch + BURST_SLICES > epoch
 }
 
 /// A slice counts while it is one of the last `SLICES` up to `epoch`

@@ -29,19 +29,28 @@ fn drain(b: &Budget, now: Duration) -> u64 {
 
 #[test]
 fn reserve_allows_min_per_sec_with_no_traffic() {
+    // 10/s over a 2 s window (slices of 200 ms): never more than two
+    // slices' worth at once (the burst rule), 20 over the window.
     let b = budget(0.1, 10, 2);
-    assert_eq!(b.available(ms(0)), 20);
-    assert_eq!(drain(&b, ms(0)), 20, "min_per_sec x ttl, then no more");
+    assert_eq!(b.available(ms(0)), 4);
+    assert_eq!(drain(&b, ms(0)), 4, "min_per_sec x two slices at once");
     assert_eq!(b.available(ms(0)), 0);
+    let mut total = 4;
+    for slice in 1..10 {
+        total += drain(&b, ms(slice * 200));
+    }
+    assert_eq!(total, 20, "min_per_sec x ttl over the window");
+    assert_eq!(drain(&b, ms(2000)), 4, "and again as it moves");
 }
 
 #[test]
 fn ratio_of_requests_on_top_of_the_reserve() {
-    let b = budget(0.1, 1, 1);
+    // Burst reserve: 10/s x two 100 ms slices = 2.
+    let b = budget(0.1, 10, 1);
     for _ in 0..1000 {
         b.deposit(ms(5));
     }
-    assert_eq!(drain(&b, ms(5)), 100 + 1);
+    assert_eq!(drain(&b, ms(5)), 100 + 2);
     // One more request earns a tenth of an attempt: not enough.
     b.deposit(ms(6));
     assert!(!b.try_withdraw(ms(6)));
@@ -53,14 +62,13 @@ fn ratio_of_requests_on_top_of_the_reserve() {
 
 #[test]
 fn refills_as_the_window_moves() {
+    // 5/s: one attempt per two 100 ms slices, five per second.
     let b = budget(0.0, 5, 1);
-    assert_eq!(drain(&b, ms(0)), 5);
-    // Still inside the window that holds those withdrawals.
-    assert_eq!(drain(&b, ms(950)), 0);
-    // The slice of t=0 has left the window: the reserve is back.
-    assert_eq!(drain(&b, ms(1000)), 5);
+    let second = |from: u64| -> u64 { (0..10).map(|i| drain(&b, ms(from + i * 100))).sum() };
+    assert_eq!(second(0), 5);
+    assert_eq!(second(1000), 5);
     // Long idle: everything expired, nothing carried over.
-    assert_eq!(drain(&b, ms(3_600_000)), 5);
+    assert_eq!(drain(&b, ms(3_600_000)), 1);
 }
 
 #[test]
@@ -69,7 +77,17 @@ fn deposits_expire_with_the_window() {
     for _ in 0..10 {
         b.deposit(ms(0));
     }
-    assert_eq!(b.available(ms(999)), 5);
+    assert_eq!(b.available(ms(0)), 5);
+    assert_eq!(
+        b.available(ms(199)),
+        5,
+        "still in the burst rule's two slices"
+    );
+    assert_eq!(
+        b.available(ms(200)),
+        0,
+        "credit is spent while it is recent: no saving up for a storm"
+    );
     assert_eq!(b.available(ms(1000)), 0, "credit from a past window");
     assert!(!b.try_withdraw(ms(1000)));
 }
@@ -122,10 +140,11 @@ fn concurrent_withdrawals_never_overspend() {
             });
         }
     });
-    // 40 000 requests: 4 000 from the ratio, 30 from the reserve. Every
-    // thread keeps trying after its deposits, so the budget ends spent.
+    // 40 000 requests: 4 000 from the ratio, 6 from the reserve (3/s x two
+    // 1 s slices). Every thread keeps trying after its deposits, so the
+    // budget ends spent.
     let granted = granted.into_inner() + drain(&b, now);
-    assert_eq!(granted, 4_000 + 30);
+    assert_eq!(granted, 4_000 + 6);
 }
 
 #[test]
@@ -194,7 +213,9 @@ proptest! {
     /// The budget's promise, checked against a log of what it granted:
     /// over any window of one ttl, withdrawals <= ratio x (deposits of that
     /// window and of the ttl before it) + reserve; over the whole run,
-    /// withdrawals <= ratio x deposits + reserve x (windows + 1). And it is
+    /// withdrawals <= ratio x deposits + reserve x (windows + 1); over any
+    /// two slices, withdrawals <= ratio x (their deposits and the slice
+    /// before's) + min_per_sec x two slices (the burst rule). And it is
     /// not stingier than its rule: it grants exactly when the live entries
     /// leave room.
     #[test]
@@ -204,6 +225,7 @@ proptest! {
         let ppm = u128::from(PPM);
         let ratio = (cfg.ratio * 1e6).round() as u128;
         let reserve = u128::from(cfg.reserve());
+        let burst_reserve = u128::from(cfg.min_per_sec) * u128::from(slice) * u128::from(BURST_SLICES) * 1_000;
         let n = SLICES as u64;
         let mut deposits: Vec<u128> = Vec::new();
         let mut granted: Vec<u128> = Vec::new();
@@ -221,7 +243,11 @@ proptest! {
                 let lo = (s + 1).saturating_sub(SLICES);
                 let live_d: u128 = deposits[lo..=s].iter().sum();
                 let live_w: u128 = granted[lo..=s].iter().sum();
-                let room = (live_w + 1) * ppm <= ratio * live_d + reserve * ppm;
+                let lb = (s + 1).saturating_sub(BURST_SLICES as usize);
+                let recent_d: u128 = deposits[lb..=s].iter().sum();
+                let recent_w: u128 = granted[lb..=s].iter().sum();
+                let room = (live_w + 1) * ppm <= ratio * live_d + reserve * ppm
+                    && (recent_w + 1) * ppm <= ratio * recent_d + burst_reserve;
                 let got = b.try_withdraw(ms(now));
                 prop_assert_eq!(got, room, "at {}ms: live d={} w={}", now, live_d, live_w);
                 if got {
@@ -236,6 +262,14 @@ proptest! {
                 .map(|i| deposits[i as usize])
                 .sum();
             prop_assert!(w * ppm <= ratio * d + reserve * ppm, "window from slice {}: w={} d={}", a, w, d);
+        }
+        for a in 0..last {
+            let hi = (a + BURST_SLICES).min(last);
+            let w: u128 = (a..hi).map(|i| granted[i as usize]).sum();
+            // Credit may come from the slice before: the last withdrawal of
+            // slice a looked at slices a - 1 and a.
+            let d: u128 = (a.saturating_sub(1)..hi).map(|i| deposits[i as usize]).sum();
+            prop_assert!(w * ppm <= ratio * d + burst_reserve, "burst from slice {}: w={} d={}", a, w, d);
         }
         let w: u128 = granted.iter().sum();
         let d: u128 = deposits.iter().sum();

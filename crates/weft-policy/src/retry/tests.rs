@@ -134,7 +134,11 @@ fn gives_up_on_a_failure_the_classifier_calls_final() {
         p.decide(ms(0), &fatal, &mut rng),
         RetryDecision::GiveUp(GiveUp::NotRetriable)
     );
-    assert_eq!(b.available(ms(0)), 100, "no token spent");
+    assert_eq!(
+        b.available(ms(0)),
+        20,
+        "no token spent (10/s x the burst rule's 2 s)"
+    );
 }
 
 #[test]
@@ -146,7 +150,7 @@ fn gives_up_after_max_attempts() {
         p.decide(ms(0), &failed(3, None), &mut rng),
         RetryDecision::GiveUp(GiveUp::Attempts)
     );
-    assert_eq!(b.available(ms(0)), 100);
+    assert_eq!(b.available(ms(0)), 20);
 }
 
 #[test]
@@ -158,7 +162,11 @@ fn gives_up_when_the_deadline_ends_before_the_backoff() {
         p.decide(ms(0), &failed(1, Some(ms(25))), &mut rng),
         RetryDecision::GiveUp(GiveUp::Deadline)
     );
-    assert_eq!(b.available(ms(0)), 100, "no token spent");
+    assert_eq!(
+        b.available(ms(0)),
+        20,
+        "no token spent (10/s x the burst rule's 2 s)"
+    );
     assert_eq!(
         p.decide(ms(0), &failed(1, Some(ms(26))), &mut rng),
         RetryDecision::Retry { after: ms(25) }
@@ -167,9 +175,10 @@ fn gives_up_when_the_deadline_ends_before_the_backoff() {
 
 #[test]
 fn gives_up_when_the_budget_is_spent() {
+    // 1/s, at most two in any two seconds.
     let p = policy(Jitter::Full, budget(0.0, 1));
     let mut rng = SplitMix64::new(8);
-    for _ in 0..10 {
+    for _ in 0..2 {
         assert!(matches!(
             p.decide(ms(0), &failed(1, None), &mut rng),
             RetryDecision::Retry { .. }
@@ -180,7 +189,7 @@ fn gives_up_when_the_budget_is_spent() {
         RetryDecision::GiveUp(GiveUp::Budget)
     );
     let s = p.stats();
-    assert_eq!((s.retries, s.given_up(GiveUp::Budget)), (10, 1));
+    assert_eq!((s.retries, s.given_up(GiveUp::Budget)), (2, 1));
     assert_eq!(s.given_up(GiveUp::Deadline), 0);
     assert_eq!(GiveUp::ALL.map(GiveUp::as_str)[3], "budget");
 }
