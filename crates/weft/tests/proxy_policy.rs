@@ -452,3 +452,35 @@ async fn non_idempotent_requests_are_hedged_only_when_marked_safe() {
         }
     }
 }
+
+/// `--zone` + `loadBalancer.locality`: same-zone endpoints take the traffic
+/// while they are healthy.
+#[tokio::test]
+async fn locality_preference_keeps_traffic_in_the_sidecars_zone() {
+    let near = app("near", &[]).await;
+    let far = app("far", &[]).await;
+    let svc = format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  ports: [{{port: 8080, protocol: http}}]\n  endpoints:\n  - {{address: \"{}\", locality: {{zone: zone-a}}}}\n  - {{address: \"{}\", locality: {{zone: zone-b}}}}\n---\n",
+        near.addr, far.addr
+    );
+    let dir = config_dir(&[
+        ("svc.yaml", &svc),
+        (
+            "p.yaml",
+            &policy(
+                "zones",
+                "catalog",
+                "  loadBalancer: {type: LeastRequest, locality: {minHealthyPercent: 70}}\n",
+            ),
+        ),
+    ]);
+    let p = proxy(dir.path(), "frontend", None, &["--zone", "zone-a"]).await;
+    // One at a time: the local endpoint is never busier than twice the
+    // remote one, so nothing spills (under load, spilling is the point).
+    let counts = by_app(&burst(p.outbound, "catalog", 100, 1).await);
+    assert_eq!(counts.get("near"), Some(&100), "{counts:?}");
+    // Without --zone the preference has nothing to compare with.
+    let q = proxy(dir.path(), "frontend", None, &[]).await;
+    let counts = by_app(&burst(q.outbound, "catalog", 200, 1).await);
+    assert!(counts.get("far").copied().unwrap_or(0) > 20, "{counts:?}");
+}
