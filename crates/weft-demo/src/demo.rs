@@ -1,15 +1,26 @@
 //! `weft demo`: a small mesh on loopback, traffic through it, and a live
-//! view of what the sidecars measure.
+//! view of what the sidecars measure and what traffic governance does.
 //!
-//! One call to [`run`] writes the bundled example config, starts five pods
+//! One call to [`run`] writes the bundled example config, starts nine pods
 //! in-process (frontend -> catalog, split 90/10 between catalog-v1 and
-//! catalog-v2 -> inventory on two endpoints; each pod a sample app plus a
-//! sidecar, see `mesh`), drives a steady rate of requests into the
-//! frontend (`traffic`), and every refresh prints per-service rate,
-//! success and latency and per-endpoint traffic shares (`view`), computed
-//! from the sidecars' own metrics (`scrape`). The config stays editable:
+//! catalog-v2 -> inventory, and frontend -> pricing; each pod a sample app
+//! plus a sidecar, see `mesh`), drives a steady rate of requests into the
+//! frontend (`traffic`), and every refresh prints, over the last few
+//! seconds (`view`): per-service rate, success and latency; what callers
+//! got from each service after retries and backups; and per endpoint its
+//! traffic share, the weight callers give it and what its app is set to do.
+//! Everything but the apps' faults comes from the sidecars' own metrics
+//! (`scrape`).
+//!
+//! Some pods misbehave on purpose and the example config's
+//! TrafficPolicies govern them, so each capability is seen acting: a slow
+//! inventory endpoint loses its traffic, an endpoint answering business
+//! errors is weighted down while retries hide them, backups trim pricing's
+//! long tail. A timed script (`faults`) makes the slow endpoint and the
+//! erroring one heal and relapse. The config stays editable:
 //! the sidecars reload it and the view shows the traffic move.
 
+mod faults;
 mod mesh;
 mod scrape;
 #[cfg(test)]
@@ -17,20 +28,25 @@ mod tests;
 mod traffic;
 mod view;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use faults::{AppControl, SCRIPT};
 use mesh::{ConfigDir, Mesh, PODS};
 use scrape::MeshCounters;
 use traffic::{Driver, Target, TrafficCounters};
-use view::{IngressRow, SplitGroup, View};
+use view::{IngressRow, PodInfo, SplitGroup, View};
 
-pub use view::{EndpointShare, ServiceSummary};
+pub use faults::AppFaults;
+pub use view::{CallSummary, DemoEvent, EndpointShare, ServiceSummary};
 
 /// How `weft demo` runs.
 #[derive(Debug, Clone)]
@@ -44,6 +60,10 @@ pub struct DemoOptions {
     pub config_dir: Option<PathBuf>,
     /// How often the live view refreshes.
     pub refresh: Duration,
+    /// What the live view's numbers cover: the last `window` (since the
+    /// start until then). Longer is steadier: a 2% tail needs a few hundred
+    /// requests to show in a p99.
+    pub window: Duration,
     /// One summary block per refresh instead of redrawing the screen;
     /// automatic when stdout is not a terminal.
     pub plain: bool,
@@ -53,6 +73,10 @@ pub struct DemoOptions {
     /// The demo's own admin port (`/ready` once the mesh is up, `/metrics`
     /// with the traffic driver's counters); `None` for none.
     pub admin: Option<std::net::SocketAddr>,
+    /// Run the timed fault script: at 15 s the slow inventory-3 turns fast,
+    /// at 70 s slow again; at 40 s catalog-v1-2 stops its business errors,
+    /// at 60 s they come back. Each step shows as an event.
+    pub script: bool,
 }
 
 impl Default for DemoOptions {
@@ -62,9 +86,11 @@ impl Default for DemoOptions {
             rate: 50,
             config_dir: None,
             refresh: Duration::from_secs(1),
+            window: Duration::from_secs(5),
             plain: false,
             ip_base: 0,
             admin: None,
+            script: true,
         }
     }
 }
@@ -81,8 +107,13 @@ pub struct DemoReport {
     pub elapsed: Duration,
     /// Per service, what its sidecars received.
     pub services: Vec<ServiceSummary>,
-    /// Per addressed service, how its traffic spread over endpoints.
+    /// Per addressed service, what its callers got and what its policy did.
+    pub calls: Vec<CallSummary>,
+    /// Per addressed service, how its traffic spread over endpoints, with
+    /// the endpoints' weights at the end.
     pub endpoints: Vec<EndpointShare>,
+    /// Script steps, health events and config changes, in order.
+    pub events: Vec<DemoEvent>,
     /// Where the config was (removed at the end if it was a temporary one).
     pub config_dir: PathBuf,
 }
@@ -97,12 +128,30 @@ impl DemoReport {
         self.services.iter().find(|s| s.service == name)
     }
 
+    /// What the callers of `name` (the name they address) got.
+    pub fn calls_to(&self, name: &str) -> Option<&CallSummary> {
+        self.calls.iter().find(|c| c.service == name)
+    }
+
+    /// The endpoint named `name` (a demo pod's name, or `IP:PORT`).
+    pub fn endpoint(&self, name: &str) -> Option<&EndpointShare> {
+        self.endpoints
+            .iter()
+            .find(|e| e.name.as_deref() == Some(name) || e.endpoint == name)
+    }
+
     /// The share (0..=1) of `service`'s traffic that went to `backend`'s
-    /// endpoints, or to the endpoint `backend` names (`IP:PORT`).
+    /// endpoints, or to the endpoint `backend` names (`IP:PORT` or a pod's
+    /// name).
     pub fn share(&self, service: &str, backend: &str) -> f64 {
         self.endpoints
             .iter()
-            .filter(|e| e.service == service && (e.backend == backend || e.endpoint == backend))
+            .filter(|e| {
+                e.service == service
+                    && (e.backend == backend
+                        || e.endpoint == backend
+                        || e.name.as_deref() == Some(backend))
+            })
             .map(|e| e.share)
             .sum()
     }
@@ -123,6 +172,7 @@ pub async fn run(
         !opts.refresh.is_zero(),
         "the refresh interval must be above 0"
     );
+    anyhow::ensure!(!opts.window.is_zero(), "the window must be above 0");
     let dir = ConfigDir::prepare(opts.config_dir.as_deref(), opts.ip_base)?;
     let mesh = match Mesh::start(&dir.path, opts.ip_base).await {
         Ok(mesh) => mesh,
@@ -143,13 +193,15 @@ pub async fn run(
         late: last.ingress.late,
         elapsed: last.elapsed,
         services: last.services,
+        calls: last.calls,
         endpoints: last.endpoints,
+        events: last.events,
         config_dir,
     })
 }
 
-/// Drives traffic and refreshes the view until the end; returns the final
-/// (whole-run) view, already shown.
+/// Drives traffic (and the script) and refreshes the view until the end;
+/// returns the final (whole-run) view, already shown.
 async fn watch(
     opts: &DemoOptions,
     dir: &ConfigDir,
@@ -162,6 +214,7 @@ async fn watch(
         host: "frontend",
         path: "/",
     };
+    let control = AppControl::new();
     let driver = Driver::start(target, opts.rate)?;
     let admin = match opts.admin {
         Some(addr) => {
@@ -172,9 +225,11 @@ async fn watch(
         }
         None => None,
     };
-    let first = Moment::take(mesh, driver.stats.snapshot());
+    let first = Moment::take(mesh, &control, driver.stats.snapshot()).await;
+    let (script, mut scripted) = start_script(opts, mesh, &control, first.at);
     let deadline = opts.duration.map(|d| first.at + d);
-    let mut previous = first.clone();
+    let mut log = EventLog::new(&first);
+    let mut recent = Recent::new(first.clone(), opts);
     let mut ticker = tokio::time::interval_at(first.at + opts.refresh, opts.refresh);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -184,17 +239,147 @@ async fn watch(
             () = &mut shutdown => break,
             () = sleep_until(deadline) => break,
         }
-        let now = Moment::take(mesh, driver.stats.snapshot());
-        screen.show(&view::render(
-            &now.view_since(&previous, &first, opts, dir, false),
-        ));
-        previous = now;
+        let now = Moment::take(mesh, &control, driver.stats.snapshot()).await;
+        log.drain(&mut scripted);
+        log.observe(recent.latest(), &now, first.at);
+        let mut view = now.view_since(recent.baseline_for(&now), &first, opts, dir, false);
+        view.events.clone_from(&log.events);
+        let elapsed = now.at.duration_since(first.at);
+        view.next = opts
+            .script
+            .then(|| faults::next_step(SCRIPT, elapsed))
+            .flatten()
+            .map(|s| DemoEvent {
+                at: s.at,
+                what: s.what.to_owned(),
+            });
+        screen.show(&view::render(&view));
+        recent.push(now);
+    }
+    if let Some(script) = script {
+        script.abort();
     }
     drop(admin);
     let traffic = driver.stop().await;
-    let last = Moment::take(mesh, traffic).view_since(&first, &first, opts, dir, true);
+    let end = Moment::take(mesh, &control, traffic).await;
+    log.drain(&mut scripted);
+    log.observe(recent.latest(), &end, first.at);
+    let mut last = end.view_since(&first, &first, opts, dir, true);
+    last.events = log.events;
     screen.show(&view::render(&last));
     Ok(last)
+}
+
+/// Starts the timed script (if `opts` asks for it); its events arrive on
+/// the receiver as each step is applied.
+fn start_script(
+    opts: &DemoOptions,
+    mesh: &Mesh,
+    control: &AppControl,
+    start: Instant,
+) -> (Option<JoinHandle<()>>, mpsc::UnboundedReceiver<DemoEvent>) {
+    let (events, scripted) = mpsc::unbounded_channel();
+    let script = opts.script.then(|| {
+        let apps = mesh
+            .pods
+            .iter()
+            .map(|p| (p.spec.name, p.app_addr()))
+            .collect();
+        tokio::spawn(faults::run_script(
+            SCRIPT,
+            start,
+            apps,
+            control.clone(),
+            events,
+        ))
+    });
+    (script, scripted)
+}
+
+/// The moments of the last `window`, so that a refresh shows the numbers
+/// of the last few seconds rather than of the last one alone.
+struct Recent {
+    moments: VecDeque<Moment>,
+    window: Duration,
+    refresh: Duration,
+}
+
+impl Recent {
+    fn new(first: Moment, opts: &DemoOptions) -> Self {
+        Recent {
+            moments: VecDeque::from([first]),
+            window: opts.window,
+            refresh: opts.refresh,
+        }
+    }
+
+    fn latest(&self) -> &Moment {
+        self.moments.back().expect("never empty")
+    }
+
+    /// What `now`'s numbers start from: the newest moment at least
+    /// `window` old (give or take half a refresh, so that a late tick does
+    /// not stretch the window by a whole refresh), or the first.
+    fn baseline_for(&mut self, now: &Moment) -> &Moment {
+        if let Some(old) = now.at.checked_sub(self.window) {
+            let horizon = old + self.refresh / 2;
+            while self.moments.len() > 1 && self.moments[1].at <= horizon {
+                self.moments.pop_front();
+            }
+        }
+        self.moments.front().expect("never empty")
+    }
+
+    fn push(&mut self, now: Moment) {
+        self.moments.push_back(now);
+    }
+}
+
+/// What happened during the run: script steps, endpoint health events,
+/// config changes applied or rejected.
+struct EventLog {
+    events: Vec<DemoEvent>,
+    /// The config generation every sidecar runs, as last announced.
+    generation: Option<u64>,
+    rejected: Option<String>,
+}
+
+impl EventLog {
+    fn new(first: &Moment) -> Self {
+        EventLog {
+            events: Vec::new(),
+            generation: first.mesh.generations.map(|(_, hi)| hi),
+            rejected: first.config_error.clone(),
+        }
+    }
+
+    /// Takes the script steps applied since the last call.
+    fn drain(&mut self, scripted: &mut mpsc::UnboundedReceiver<DemoEvent>) {
+        while let Ok(e) = scripted.try_recv() {
+            self.events.push(e);
+        }
+    }
+
+    /// Notes what changed between two moments.
+    fn observe(&mut self, before: &Moment, now: &Moment, start: Instant) {
+        let at = now.at.duration_since(start);
+        let mut add = |what: String| self.events.push(DemoEvent { at, what });
+        for what in view::health_events(&now.mesh.since(&before.mesh), &now.pods) {
+            add(what);
+        }
+        if let Some((lo, hi)) = now.mesh.generations
+            && lo == hi
+        {
+            if self.generation.is_some_and(|g| g < hi) {
+                add(format!("config generation {hi} applied by every sidecar"));
+            }
+            self.generation = Some(hi);
+        }
+        if now.config_error.is_some() && now.config_error != self.rejected {
+            add("config change rejected: the last good config keeps serving".to_owned());
+        }
+        self.rejected = now.config_error.clone();
+    }
 }
 
 /// The demo's admin endpoints: ready while traffic runs, the driver's
@@ -253,17 +438,21 @@ struct Moment {
     config_error: Option<String>,
     /// From the newest config any sidecar runs.
     groups: Vec<SplitGroup>,
+    /// Every pod's endpoint, name and current faults.
+    pods: Vec<PodInfo>,
 }
 
 impl Moment {
-    fn take(mesh: &Mesh, traffic: TrafficCounters) -> Moment {
+    async fn take(mesh: &Mesh, control: &AppControl, traffic: TrafficCounters) -> Moment {
+        let at = Instant::now();
         let mut counters = MeshCounters::default();
         // A rejected edit shows up at the control plane; a sidecar's own
         // error (a NACK) only if the control plane has none.
         let mut config_error = mesh.control.last_error();
         for pod in &mesh.pods {
             let sidecar = pod.sidecar();
-            counters.add_exposition(&sidecar.metrics.encode());
+            let endpoint = pod.spec.endpoint(mesh.ip_base);
+            counters.add_exposition(&sidecar.metrics.encode(), Some(&endpoint));
             let error = sidecar
                 .last_error
                 .lock()
@@ -274,15 +463,17 @@ impl Moment {
         // The weights shown are those the control plane serves now.
         let groups = view::split_groups(&mesh.control.cache().config());
         Moment {
-            at: Instant::now(),
+            at,
             mesh: counters,
             traffic,
             config_error,
             groups,
+            pods: pod_infos(mesh, control).await,
         }
     }
 
-    /// The view of what happened between `earlier` and this moment.
+    /// The view of what happened between `earlier` and this moment
+    /// (without events: the caller keeps those).
     fn view_since(
         &self,
         earlier: &Moment,
@@ -293,7 +484,12 @@ impl Moment {
     ) -> View {
         let window = self.at.duration_since(earlier.at);
         let delta = self.mesh.since(&earlier.mesh);
-        let order: Vec<&str> = PODS.iter().map(|p| p.service).collect();
+        let mut order: Vec<&str> = Vec::new();
+        for pod in &PODS {
+            if !order.contains(&pod.service) {
+                order.push(pod.service);
+            }
+        }
         View {
             last,
             elapsed: self.at.duration_since(first.at),
@@ -304,9 +500,37 @@ impl Moment {
             config_error: self.config_error.clone(),
             ingress: IngressRow::new(&self.traffic.since(&earlier.traffic), window),
             services: view::service_rows(&delta, window, &order),
-            endpoints: view::endpoint_rows(&delta, &self.groups),
+            calls: view::call_rows(&delta, window, &self.groups),
+            endpoints: view::endpoint_rows(&delta, &self.groups, &self.pods),
+            events: Vec::new(),
+            next: None,
         }
     }
+}
+
+/// Every pod as the view names it, with its app's faults read now (all
+/// apps at once: a stuck one delays the view by the control timeout only).
+async fn pod_infos(mesh: &Mesh, control: &AppControl) -> Vec<PodInfo> {
+    let mut reads = JoinSet::new();
+    for (i, pod) in mesh.pods.iter().enumerate() {
+        let (control, addr) = (control.clone(), pod.app_addr());
+        reads.spawn(async move { (i, control.faults(addr).await) });
+    }
+    let mut faults = vec![None; mesh.pods.len()];
+    while let Some(read) = reads.join_next().await {
+        if let Ok((i, f)) = read {
+            faults[i] = f;
+        }
+    }
+    mesh.pods
+        .iter()
+        .zip(faults)
+        .map(|(pod, faults)| PodInfo {
+            endpoint: pod.spec.endpoint(mesh.ip_base),
+            name: pod.spec.name,
+            faults,
+        })
+        .collect()
 }
 
 /// Where the view goes: redrawn in place on a terminal, appended otherwise.

@@ -57,6 +57,14 @@ pub struct DemoArgs {
     /// How often the live view refreshes.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
     pub refresh: Duration,
+    /// The live view's numbers cover the last DURATION (steadier tails and
+    /// shares when longer).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub window: Duration,
+    /// Do not run the timed fault script (inventory-3 fast from 15 s to
+    /// 70 s, catalog-v1-2 without business errors from 40 s to 60 s).
+    #[arg(long)]
+    pub no_script: bool,
     /// Print one summary block per refresh instead of redrawing the screen
     /// (automatic when stdout is not a terminal).
     #[arg(long)]
@@ -424,12 +432,14 @@ async fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         rate: a.rate,
         config_dir: a.config_dir,
         refresh: a.refresh,
+        window: a.window,
         plain: a.plain,
         ip_base: a.ip_base,
         admin: Some(
             a.admin
                 .unwrap_or_else(|| SocketAddr::from(([127, a.ip_base, 0, 2], 15000))),
         ),
+        script: !a.no_script,
     };
     let mut signals = Box::pin(shutdown_signal());
     let stop = async move {

@@ -1,4 +1,4 @@
-//! The demo mesh: a control plane and five pods on loopback, each a sample
+//! The demo mesh: a control plane and nine pods on loopback, each a sample
 //! app with a sidecar that takes its config from the control plane over delta
 //! ADS. The control plane serves the bundled example config (and follows
 //! edits to it).
@@ -41,70 +41,107 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct PodSpec {
     /// The Service the pod belongs to (and its sidecar's `--service`).
     pub(crate) service: &'static str,
-    /// The app's `x-app-name`.
+    /// The app's `x-app-name`, and the endpoint's name in the view.
     pub(crate) name: &'static str,
     /// Third and fourth octets of the pod address.
     pub(crate) host: [u8; 2],
     pub(crate) latency: Duration,
     pub(crate) jitter: Duration,
     pub(crate) error_rate: f64,
-    /// `HOST/PATH` the app calls through its sidecar for each request.
-    pub(crate) calls: Option<&'static str>,
+    /// A long tail: this share of requests waits `slow_latency` instead.
+    pub(crate) slow_share: f64,
+    pub(crate) slow_latency: Duration,
+    /// This share of requests is answered `200` with `x-biz-code: 5003`.
+    pub(crate) biz_error_share: f64,
+    /// `HOST/PATH` the app calls through its sidecar for each request, in
+    /// order.
+    pub(crate) calls: &'static [&'static str],
 }
 
 const fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// The pods, callers first. The addresses must match [`EXAMPLE_CONFIG`].
-pub(crate) const PODS: [PodSpec; 5] = [
+/// A well-behaved pod: 1 ms plus up to 2 ms, no faults, no calls.
+const fn pod(service: &'static str, name: &'static str, host: [u8; 2]) -> PodSpec {
     PodSpec {
-        service: "frontend",
-        name: "frontend",
-        host: [1, 1],
+        service,
+        name,
+        host,
         latency: ms(1),
         jitter: ms(2),
         error_rate: 0.0,
-        calls: Some("catalog/items"),
+        slow_share: 0.0,
+        slow_latency: Duration::ZERO,
+        biz_error_share: 0.0,
+        calls: &[],
+    }
+}
+
+/// The pods, callers first. The addresses must match [`EXAMPLE_CONFIG`].
+/// Each governance capability has a pod that needs it (see the example
+/// config's TrafficPolicies):
+/// - inventory-3 is 20x slower than its peers: latency-aware balancing
+///   sends it little (at 10x, a loaded machine's scheduling stalls make
+///   the fast peers' latency peaks look as bad now and then);
+/// - catalog-v1-2 answers a business error on 30% of requests: its weight
+///   is cut and the callers' retries hide the errors;
+/// - pricing's pods answer 2% of requests 40x slower: backups (hedging)
+///   trim that tail.
+pub(crate) const PODS: [PodSpec; 9] = [
+    PodSpec {
+        calls: &["catalog/items", "pricing/quote"],
+        ..pod("frontend", "frontend", [1, 1])
     },
     PodSpec {
-        service: "catalog-v1",
-        name: "catalog-v1",
-        host: [2, 1],
         latency: ms(2),
         jitter: ms(3),
-        error_rate: 0.0,
-        calls: Some("inventory/stock"),
+        calls: &["inventory/stock"],
+        ..pod("catalog-v1", "catalog-v1-1", [2, 1])
+    },
+    PodSpec {
+        latency: ms(2),
+        jitter: ms(3),
+        biz_error_share: 0.3,
+        calls: &["inventory/stock"],
+        ..pod("catalog-v1", "catalog-v1-2", [2, 3])
     },
     // The canary: a little slower and a little flaky.
     PodSpec {
-        service: "catalog-v2",
-        name: "catalog-v2",
-        host: [2, 2],
         latency: ms(4),
         jitter: ms(4),
         error_rate: 0.02,
-        calls: Some("inventory/stock"),
+        calls: &["inventory/stock"],
+        ..pod("catalog-v2", "catalog-v2", [2, 2])
+    },
+    pod("inventory", "inventory-1", [3, 1]),
+    pod("inventory", "inventory-2", [3, 2]),
+    PodSpec {
+        latency: ms(40),
+        jitter: ms(5),
+        ..pod("inventory", "inventory-3", [3, 3])
     },
     PodSpec {
-        service: "inventory",
-        name: "inventory-1",
-        host: [3, 1],
-        latency: ms(1),
-        jitter: ms(2),
-        error_rate: 0.0,
-        calls: None,
+        latency: ms(2),
+        jitter: ms(1),
+        slow_share: 0.02,
+        slow_latency: ms(80),
+        ..pod("pricing", "pricing-1", [4, 1])
     },
     PodSpec {
-        service: "inventory",
-        name: "inventory-2",
-        host: [3, 2],
-        latency: ms(1),
-        jitter: ms(2),
-        error_rate: 0.0,
-        calls: None,
+        latency: ms(2),
+        jitter: ms(1),
+        slow_share: 0.02,
+        slow_latency: ms(80),
+        ..pod("pricing", "pricing-2", [4, 2])
     },
 ];
+
+/// The pod named `name`.
+#[cfg(test)]
+pub(crate) fn pod_named(name: &str) -> Option<&'static PodSpec> {
+    PODS.iter().find(|p| p.name == name)
+}
 
 /// The example config for pods at `127.<ip_base>.x.y`.
 pub(crate) fn example_config(ip_base: u8) -> String {
@@ -116,23 +153,32 @@ impl PodSpec {
         Ipv4Addr::new(127, ip_base, self.host[0], self.host[1])
     }
 
-    fn addr(&self, ip_base: u8, port: u16) -> SocketAddr {
+    pub(crate) fn addr(&self, ip_base: u8, port: u16) -> SocketAddr {
         SocketAddr::from((self.ip(ip_base), port))
     }
 
+    /// The endpoint callers reach it at (its sidecar's inbound), as
+    /// metrics label it.
+    pub(crate) fn endpoint(&self, ip_base: u8) -> String {
+        self.addr(ip_base, INBOUND_PORT).to_string()
+    }
+
     fn app_config(&self, ip_base: u8) -> anyhow::Result<AppConfig> {
-        let calls = match self.calls {
-            Some(target) => {
-                vec![format!("{target}@{}", self.addr(ip_base, OUTBOUND_PORT)).parse::<Call>()?]
-            }
-            None => Vec::new(),
-        };
+        let outbound = self.addr(ip_base, OUTBOUND_PORT);
+        let calls = self
+            .calls
+            .iter()
+            .map(|target| format!("{target}@{outbound}").parse::<Call>())
+            .collect::<Result<_, _>>()?;
         Ok(AppConfig {
             name: self.name.to_owned(),
             listen: self.addr(ip_base, APP_PORT),
             latency: self.latency,
             jitter: self.jitter,
             error_rate: self.error_rate,
+            slow_share: self.slow_share,
+            slow_latency: self.slow_latency,
+            biz_error_share: self.biz_error_share,
             calls,
             ..AppConfig::default()
         })
@@ -153,6 +199,7 @@ impl PodSpec {
 
 /// A started pod: its app and its sidecar.
 pub(crate) struct Pod {
+    pub(crate) spec: PodSpec,
     app: RunningApp,
     proxy: RunningProxy,
 }
@@ -161,7 +208,7 @@ impl Pod {
     async fn start(spec: PodSpec, ip_base: u8, xds: SocketAddr) -> anyhow::Result<Pod> {
         let app = app::start(spec.app_config(ip_base)?).await?;
         match weft_proxy::start(spec.proxy_options(ip_base, xds)).await {
-            Ok(proxy) => Ok(Pod { app, proxy }),
+            Ok(proxy) => Ok(Pod { spec, app, proxy }),
             Err(e) => {
                 app.shutdown().await;
                 Err(anyhow::Error::new(e).context(format!("sidecar of {}", spec.name)))
@@ -171,6 +218,11 @@ impl Pod {
 
     pub(crate) fn sidecar(&self) -> &Arc<Shared> {
         self.proxy.shared()
+    }
+
+    /// Where the app listens (its `/_weft/fault` is there).
+    pub(crate) fn app_addr(&self) -> SocketAddr {
+        self.app.local_addr()
     }
 
     /// Sidecar first, so nothing reaches an app that is already gone.
@@ -191,6 +243,8 @@ pub(crate) struct Mesh {
     pub(crate) pods: Vec<Pod>,
     /// The frontend sidecar's inbound listener, where traffic enters.
     pub(crate) entry: SocketAddr,
+    /// Pods live at `127.<ip_base>.x.y`.
+    pub(crate) ip_base: u8,
 }
 
 impl Mesh {
@@ -240,6 +294,7 @@ impl Mesh {
             control,
             pods,
             entry,
+            ip_base,
         })
     }
 
@@ -364,6 +419,48 @@ mod tests {
                 .collect();
             assert_eq!(weights, [("catalog-v1", 90), ("catalog-v2", 10)]);
         }
+    }
+
+    /// Each misbehaving pod has the policy that governs it, and nothing
+    /// else does: inventory is balanced by the default alone.
+    #[test]
+    fn the_example_policies_govern_the_misbehaving_pods() {
+        use weft_model::{BalancerKind, HedgeDelay, PolicyScope, PolicyTargetKind};
+        let config = weft_model::load_str(EXAMPLE_CONFIG, CONFIG_FILE).unwrap();
+        let scope = |service, route| PolicyScope {
+            namespace: "default",
+            service,
+            port_name: Some("http"),
+            route,
+        };
+        // Inventory: latency-aware by default, which starves the slow pod.
+        let inventory = config.effective_policy(scope("inventory", None));
+        assert_eq!(inventory.sections, Default::default());
+        let slow = pod_named("inventory-3").unwrap();
+        let peer = pod_named("inventory-1").unwrap();
+        assert!(
+            slow.latency + slow.jitter / 2 >= (peer.latency + peer.jitter / 2) * 20,
+            "20x slower"
+        );
+        // catalog-v1: a business error is a failure of its endpoints, and
+        // the catalog route (whose first backend it is) retries it.
+        let v1 = config.effective_policy(scope("catalog-v1", None)).sections;
+        let header = v1.failure_codes.unwrap().header.unwrap();
+        assert_eq!(header.name, "x-biz-code");
+        assert!(header.values.iter().any(|v| v.matches("5003")));
+        assert_eq!(v1.load_balancer.unwrap().kind, BalancerKind::RoundRobin);
+        assert!(pod_named("catalog-v1-2").unwrap().biz_error_share > 0.0);
+        let route = Some((PolicyTargetKind::HTTPRoute, "catalog-split", None));
+        let split = config.effective_policy(scope("catalog-v1", route)).sections;
+        assert!(split.retry.unwrap().max_retries >= 1);
+        assert!(split.failure_codes.unwrap().header.is_some());
+        // pricing: a 2% tail on every pod, and backups to trim it (which
+        // need a second endpoint).
+        let pricing = config.effective_policy(scope("pricing", None)).sections;
+        let hedging = pricing.hedging.unwrap();
+        assert!(matches!(hedging.delay, HedgeDelay::Percentile { .. }));
+        let pods: Vec<_> = PODS.iter().filter(|p| p.service == "pricing").collect();
+        assert!(pods.len() >= 2 && pods.iter().all(|p| p.slow_share >= 0.02));
     }
 
     #[test]

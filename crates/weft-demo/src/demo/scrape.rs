@@ -1,6 +1,9 @@
 //! Reading the sidecars' metrics: a small parser for the Prometheus /
 //! OpenMetrics text lines the live view needs, counters summed over every
-//! sidecar, and PromQL-style quantiles from histogram buckets.
+//! sidecar (requests and latency both ways, per-endpoint requests, retries,
+//! backups, health events), the endpoint weight gauges combined across the
+//! callers that hold them, and PromQL-style quantiles from histogram
+//! buckets.
 //!
 //! The view is computed from what the sidecars export, not from private
 //! counters, so it shows what a Prometheus scraping the same mesh would.
@@ -13,6 +16,23 @@ const REQUESTS: &str = "weft_requests_total";
 const DURATION_BUCKET: &str = "weft_request_duration_seconds_bucket";
 /// `weft_endpoint_requests_total{service,endpoint}`.
 const ENDPOINT_REQUESTS: &str = "weft_endpoint_requests_total";
+/// `weft_endpoint_weight_ratio{service,endpoint}`: effective weight /
+/// configured, 0 when ejected (a gauge, per caller sidecar).
+const WEIGHT_RATIO: &str = "weft_endpoint_weight_ratio";
+/// `weft_endpoint_ejected{service,endpoint}`: 1 while ejected.
+const EJECTED: &str = "weft_endpoint_ejected";
+/// `weft_endpoint_health_events_total{service,endpoint,event}`.
+const HEALTH_EVENTS: &str = "weft_endpoint_health_events_total";
+/// `weft_retries_total{service,route}`.
+const RETRIES: &str = "weft_retries_total";
+/// `weft_retries_given_up_total{service,route,reason}`.
+const RETRIES_GIVEN_UP: &str = "weft_retries_given_up_total";
+/// `weft_hedges_total{service,route,reason=sent|won|cancelled}`.
+const HEDGES: &str = "weft_hedges_total";
+/// `weft_hedges_suppressed_total{service,route,reason}`.
+const HEDGES_SUPPRESSED: &str = "weft_hedges_suppressed_total";
+/// `weft_hedge_delay_seconds{service,route}`: the current hedge delay.
+const HEDGE_DELAY: &str = "weft_hedge_delay_seconds";
 /// `weft_config_generation`.
 const CONFIG_GENERATION: &str = "weft_config_generation";
 
@@ -159,217 +179,267 @@ pub(crate) struct ServiceCounters {
     pub(crate) latency: Buckets,
 }
 
+impl ServiceCounters {
+    fn since(&self, earlier: &ServiceCounters) -> ServiceCounters {
+        ServiceCounters {
+            requests: self.requests.saturating_sub(earlier.requests),
+            ok: self.ok.saturating_sub(earlier.ok),
+            latency: self.latency.since(&earlier.latency),
+        }
+    }
+}
+
+/// What the callers' sidecars got from one addressed service (their
+/// outbound direction), and what its TrafficPolicy did for them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct CallerCounters {
+    /// Answers (and the proxies' own errors) handed back to the callers.
+    pub(crate) requests: u64,
+    /// Of those, 5xx.
+    pub(crate) server_errors: u64,
+    /// Seconds from request received to response headers sent, retries
+    /// and backups included.
+    pub(crate) latency: Buckets,
+    pub(crate) retries: u64,
+    /// Failures (as the policy's failureCodes define them, business errors
+    /// included) answered to the caller because no retry was left.
+    pub(crate) given_up: u64,
+    pub(crate) hedges_sent: u64,
+    /// Backups that answered first.
+    pub(crate) hedges_won: u64,
+    pub(crate) hedges_suppressed: u64,
+    /// The current hedge delay: the longest of the callers' (a state).
+    pub(crate) hedge_delay: Option<f64>,
+}
+
+impl CallerCounters {
+    fn since(&self, earlier: &CallerCounters) -> CallerCounters {
+        CallerCounters {
+            requests: self.requests.saturating_sub(earlier.requests),
+            server_errors: self.server_errors.saturating_sub(earlier.server_errors),
+            latency: self.latency.since(&earlier.latency),
+            retries: self.retries.saturating_sub(earlier.retries),
+            given_up: self.given_up.saturating_sub(earlier.given_up),
+            hedges_sent: self.hedges_sent.saturating_sub(earlier.hedges_sent),
+            hedges_won: self.hedges_won.saturating_sub(earlier.hedges_won),
+            hedges_suppressed: self
+                .hedges_suppressed
+                .saturating_sub(earlier.hedges_suppressed),
+            hedge_delay: self.hedge_delay,
+        }
+    }
+}
+
+/// How the callers' sidecars weigh one endpoint now (gauges: a state, not
+/// a count). Each caller has its own view; the mean is weighted by how much
+/// each caller sent to the endpoint's service, so a sidecar that never
+/// calls it (and so holds it at full weight) does not dilute the others.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct EndpointHealth {
+    weighted_sum: f64,
+    weights: f64,
+    sum: f64,
+    callers: u32,
+    /// Callers that eject it now.
+    pub(crate) ejected_by: u32,
+}
+
+impl EndpointHealth {
+    fn add(&mut self, ratio: f64, caller_requests: u64) {
+        self.weighted_sum += ratio * caller_requests as f64;
+        self.weights += caller_requests as f64;
+        self.sum += ratio;
+        self.callers += 1;
+    }
+
+    /// Effective weight / configured weight (1 = full, 0 = ejected), as
+    /// the callers hold it; `None` if no sidecar reports it.
+    pub(crate) fn weight_ratio(&self) -> Option<f64> {
+        if self.weights > 0.0 {
+            Some(self.weighted_sum / self.weights)
+        } else {
+            (self.callers > 0).then(|| self.sum / f64::from(self.callers))
+        }
+    }
+}
+
+/// (service label, endpoint `IP:PORT`).
+pub(crate) type EndpointKey = (String, String);
+
 /// Counters summed over every sidecar of the mesh at one moment.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct MeshCounters {
     /// Inbound numbers by local service label (`name.namespace`).
     pub(crate) services: BTreeMap<String, ServiceCounters>,
+    /// Outbound numbers by addressed service label.
+    pub(crate) callers: BTreeMap<String, CallerCounters>,
     /// Outbound requests by (backend service label, endpoint `IP:PORT`).
-    pub(crate) endpoints: BTreeMap<(String, String), u64>,
+    pub(crate) endpoints: BTreeMap<EndpointKey, u64>,
+    /// What each endpoint's own sidecar answered (inbound), by endpoint.
+    pub(crate) pods: BTreeMap<String, ServiceCounters>,
+    /// How callers weigh each endpoint now.
+    pub(crate) health: BTreeMap<EndpointKey, EndpointHealth>,
+    /// Ejections, re-admissions, ...: (service, endpoint, event) -> count.
+    pub(crate) health_events: BTreeMap<(String, String, String), u64>,
     /// Lowest and highest config generation among the sidecars.
     pub(crate) generations: Option<(u64, u64)>,
 }
 
+/// One sidecar's weight gauges, combined once its whole exposition is read.
+#[derive(Default)]
+struct SidecarGauges {
+    ratios: Vec<(EndpointKey, f64)>,
+    ejected: Vec<EndpointKey>,
+    /// This sidecar's requests to each service's endpoints.
+    sent: BTreeMap<String, u64>,
+}
+
 impl MeshCounters {
-    /// Adds one sidecar's exposition.
-    pub(crate) fn add_exposition(&mut self, text: &str) {
+    /// Adds one sidecar's exposition; `endpoint` is the `IP:PORT` its
+    /// inbound listener serves as, when it is an endpoint of the mesh.
+    pub(crate) fn add_exposition(&mut self, text: &str, endpoint: Option<&str>) {
+        let mut gauges = SidecarGauges::default();
         for s in samples(text) {
-            // Counters are whole numbers; `as` saturates anything odd.
-            let count = s.value as u64;
-            match s.name {
-                REQUESTS if s.label("direction") == Some("inbound") => {
-                    let Some(service) = s.label("service") else {
-                        continue;
-                    };
-                    let entry = self.services.entry(service.to_owned()).or_default();
-                    entry.requests += count;
-                    let code: u16 = s.label("code").and_then(|c| c.parse().ok()).unwrap_or(0);
-                    if code < 500 {
-                        entry.ok += count;
-                    }
-                }
-                DURATION_BUCKET if s.label("direction") == Some("inbound") => {
-                    let (Some(service), Some(le)) = (s.label("service"), s.label("le")) else {
-                        continue;
-                    };
-                    let Ok(le) = le.parse::<f64>() else { continue };
-                    let entry = self.services.entry(service.to_owned()).or_default();
-                    entry.latency.add(le, count);
-                }
-                ENDPOINT_REQUESTS => {
-                    let (Some(service), Some(endpoint)) = (s.label("service"), s.label("endpoint"))
-                    else {
-                        continue;
-                    };
-                    *self
-                        .endpoints
-                        .entry((service.to_owned(), endpoint.to_owned()))
-                        .or_default() += count;
-                }
-                CONFIG_GENERATION => {
-                    let g = count;
+            let Some(service) = s.label("service") else {
+                if s.name == CONFIG_GENERATION {
+                    // A whole number; `as` saturates anything odd.
+                    let g = s.value as u64;
                     self.generations = Some(match self.generations {
                         None => (g, g),
                         Some((lo, hi)) => (lo.min(g), hi.max(g)),
                     });
                 }
+                continue;
+            };
+            match s.name {
+                REQUESTS | DURATION_BUCKET => self.add_traffic(&s, service, endpoint),
+                ENDPOINT_REQUESTS | WEIGHT_RATIO | EJECTED | HEALTH_EVENTS => {
+                    self.add_endpoint(&s, service, &mut gauges);
+                }
+                RETRIES | RETRIES_GIVEN_UP | HEDGES | HEDGES_SUPPRESSED | HEDGE_DELAY => {
+                    self.add_policy(&s, service);
+                }
                 _ => {}
             }
         }
+        for (key, ratio) in gauges.ratios {
+            let sent = gauges.sent.get(&key.0).copied().unwrap_or(0);
+            self.health.entry(key).or_default().add(ratio, sent);
+        }
+        for key in gauges.ejected {
+            self.health.entry(key).or_default().ejected_by += 1;
+        }
     }
 
-    /// What happened between `earlier` and `self`. The generations are the
-    /// later ones: they are a state, not a count.
+    /// Requests and latency: inbound by local service (and by pod), outbound
+    /// by addressed service.
+    fn add_traffic(&mut self, s: &Sample<'_>, service: &str, endpoint: Option<&str>) {
+        // Counters are whole numbers; `as` saturates anything odd.
+        let count = s.value as u64;
+        let code = || {
+            s.label("code")
+                .and_then(|c| c.parse::<u16>().ok())
+                .unwrap_or(0)
+        };
+        let le = || s.label("le").and_then(|l| l.parse::<f64>().ok());
+        if s.label("direction") != Some("inbound") {
+            let entry = self.callers.entry(service.to_owned()).or_default();
+            if s.name == REQUESTS {
+                entry.requests += count;
+                if code() >= 500 {
+                    entry.server_errors += count;
+                }
+            } else if let Some(le) = le() {
+                entry.latency.add(le, count);
+            }
+            return;
+        }
+        let add = |entry: &mut ServiceCounters| {
+            if s.name == REQUESTS {
+                entry.requests += count;
+                if code() < 500 {
+                    entry.ok += count;
+                }
+            } else if let Some(le) = le() {
+                entry.latency.add(le, count);
+            }
+        };
+        add(self.services.entry(service.to_owned()).or_default());
+        if let Some(pod) = endpoint {
+            add(self.pods.entry(pod.to_owned()).or_default());
+        }
+    }
+
+    /// Per-endpoint requests (also this sidecar's, to weigh its gauges),
+    /// weight and ejection gauges, health events.
+    fn add_endpoint(&mut self, s: &Sample<'_>, service: &str, gauges: &mut SidecarGauges) {
+        let Some(ep) = s.label("endpoint") else {
+            return;
+        };
+        let count = s.value as u64;
+        let key = (service.to_owned(), ep.to_owned());
+        match s.name {
+            ENDPOINT_REQUESTS => {
+                *gauges.sent.entry(service.to_owned()).or_default() += count;
+                *self.endpoints.entry(key).or_default() += count;
+            }
+            WEIGHT_RATIO if s.value.is_finite() => gauges.ratios.push((key, s.value)),
+            EJECTED if s.value > 0.0 => gauges.ejected.push(key),
+            HEALTH_EVENTS => {
+                if let Some(event) = s.label("event") {
+                    *self
+                        .health_events
+                        .entry((key.0, key.1, event.to_owned()))
+                        .or_default() += count;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Retries and backups, summed over the addressed service's routes.
+    fn add_policy(&mut self, s: &Sample<'_>, service: &str) {
+        let count = s.value as u64;
+        let entry = self.callers.entry(service.to_owned()).or_default();
+        match (s.name, s.label("reason")) {
+            (RETRIES, _) => entry.retries += count,
+            (RETRIES_GIVEN_UP, _) => entry.given_up += count,
+            (HEDGES, Some("sent")) => entry.hedges_sent += count,
+            (HEDGES, Some("won")) => entry.hedges_won += count,
+            (HEDGES_SUPPRESSED, _) => entry.hedges_suppressed += count,
+            (HEDGE_DELAY, _) if s.value.is_finite() => {
+                entry.hedge_delay = Some(entry.hedge_delay.unwrap_or(0.0).max(s.value));
+            }
+            _ => {}
+        }
+    }
+
+    /// What happened between `earlier` and `self`. Gauges (weights, hedge
+    /// delays, generations) are the later ones: they are a state, not a
+    /// count.
     pub(crate) fn since(&self, earlier: &MeshCounters) -> MeshCounters {
-        let services = self
-            .services
-            .iter()
-            .map(|(name, now)| {
-                let before = earlier.services.get(name).cloned().unwrap_or_default();
-                let delta = ServiceCounters {
-                    requests: now.requests.saturating_sub(before.requests),
-                    ok: now.ok.saturating_sub(before.ok),
-                    latency: now.latency.since(&before.latency),
-                };
-                (name.clone(), delta)
-            })
-            .collect();
-        let endpoints = self
-            .endpoints
-            .iter()
-            .map(|(key, now)| {
-                let before = earlier.endpoints.get(key).copied().unwrap_or(0);
-                (key.clone(), now.saturating_sub(before))
-            })
-            .collect();
+        fn delta<K: Ord + Clone, V: Default>(
+            now: &BTreeMap<K, V>,
+            earlier: &BTreeMap<K, V>,
+            since: impl Fn(&V, &V) -> V,
+        ) -> BTreeMap<K, V> {
+            let none = V::default();
+            now.iter()
+                .map(|(k, v)| (k.clone(), since(v, earlier.get(k).unwrap_or(&none))))
+                .collect()
+        }
+        let count = |a: &u64, b: &u64| a.saturating_sub(*b);
         MeshCounters {
-            services,
-            endpoints,
+            services: delta(&self.services, &earlier.services, ServiceCounters::since),
+            callers: delta(&self.callers, &earlier.callers, CallerCounters::since),
+            endpoints: delta(&self.endpoints, &earlier.endpoints, count),
+            pods: delta(&self.pods, &earlier.pods, ServiceCounters::since),
+            health: self.health.clone(),
+            health_events: delta(&self.health_events, &earlier.health_events, count),
             generations: self.generations,
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SIDECAR: &str = r#"# HELP weft_requests HTTP requests handled.
-# TYPE weft_requests counter
-weft_requests_total{direction="inbound",service="catalog-v2.default",route="inbound",code="200",error=""} 98
-weft_requests_total{direction="inbound",service="catalog-v2.default",route="inbound",code="503",error=""} 2
-weft_requests_total{direction="outbound",service="inventory.default",route="default",code="502",error="connect"} 7
-# TYPE weft_request_duration_seconds histogram
-weft_request_duration_seconds_sum{direction="inbound",service="catalog-v2.default"} 0.5
-weft_request_duration_seconds_count{direction="inbound",service="catalog-v2.default"} 100
-weft_request_duration_seconds_bucket{le="0.001",direction="inbound",service="catalog-v2.default"} 10
-weft_request_duration_seconds_bucket{le="0.005",direction="inbound",service="catalog-v2.default"} 90
-weft_request_duration_seconds_bucket{le="+Inf",direction="inbound",service="catalog-v2.default"} 100
-weft_request_duration_seconds_bucket{le="0.001",direction="outbound",service="inventory.default"} 7
-weft_endpoint_requests_total{service="inventory.default",endpoint="127.0.3.1:15006"} 49
-weft_endpoint_requests_total{service="inventory.default",endpoint="127.0.3.2:15006"} 49
-weft_config_generation 2
-# EOF
-"#;
-
-    #[test]
-    fn parses_names_labels_values_and_escapes() {
-        let line = r#"m_total{a="x",b="say \"hi\"\\\n",c=""} 1.5e3 1700000000 # {trace="1"} 1"#;
-        let s = parse_line(line).unwrap();
-        assert_eq!(s.name, "m_total");
-        assert_eq!(s.label("a"), Some("x"));
-        assert_eq!(s.label("b"), Some("say \"hi\"\\\n"));
-        assert_eq!(s.label("c"), Some(""));
-        assert_eq!(s.value, 1500.0);
-        let bare = parse_line("weft_config_generation 3").unwrap();
-        assert_eq!(
-            (bare.name, bare.labels.len(), bare.value),
-            ("weft_config_generation", 0, 3.0)
-        );
-        assert_eq!(
-            parse_line(r#"x{le="+Inf"} +Inf"#).unwrap().value,
-            f64::INFINITY
-        );
-        for junk in [
-            "# TYPE x counter",
-            "",
-            "x{a=\"unterminated} 1",
-            "x{a=\"1\"}",
-            "x notanumber",
-        ] {
-            assert_eq!(parse_line(junk), None, "{junk:?}");
-        }
-    }
-
-    #[test]
-    fn sums_inbound_service_numbers_and_endpoint_counts_across_sidecars() {
-        let mut mesh = MeshCounters::default();
-        mesh.add_exposition(SIDECAR);
-        mesh.add_exposition(
-            &SIDECAR.replace("weft_config_generation 2", "weft_config_generation 3"),
-        );
-        assert_eq!(
-            mesh.services.len(),
-            1,
-            "outbound series are not services: {mesh:?}"
-        );
-        let v2 = &mesh.services["catalog-v2.default"];
-        assert_eq!((v2.requests, v2.ok), (200, 196));
-        assert_eq!(
-            v2.latency,
-            Buckets(vec![(0.001, 20), (0.005, 180), (f64::INFINITY, 200)])
-        );
-        let key = ("inventory.default".to_owned(), "127.0.3.2:15006".to_owned());
-        assert_eq!(mesh.endpoints[&key], 98);
-        assert_eq!(mesh.generations, Some((2, 3)));
-    }
-
-    #[test]
-    fn deltas_subtract_counters_and_buckets() {
-        let mut before = MeshCounters::default();
-        before.add_exposition(SIDECAR);
-        let mut after = MeshCounters::default();
-        after.add_exposition(SIDECAR);
-        after.add_exposition(SIDECAR);
-        let delta = after.since(&before);
-        assert_eq!(delta.services["catalog-v2.default"].requests, 100);
-        assert_eq!(delta.services["catalog-v2.default"].latency.count(), 100);
-        assert!(delta.endpoints.values().all(|c| *c == 49));
-        assert_eq!(
-            after.since(&after).services["catalog-v2.default"]
-                .latency
-                .quantile(0.5),
-            None
-        );
-    }
-
-    #[test]
-    fn quantiles_interpolate_inside_the_bucket_like_promql() {
-        // 10 in (0, 1ms], 80 in (1ms, 5ms], 10 above 5ms.
-        let b = Buckets(vec![(0.001, 10), (0.005, 90), (f64::INFINITY, 100)]);
-        let close = |got: Option<f64>, want: f64| {
-            let got = got.unwrap();
-            assert!((got - want).abs() < 1e-12, "got {got}, want {want}");
-        };
-        close(b.quantile(0.05), 0.0005); // rank 5 of 10 in the first bucket, from 0
-        close(b.quantile(0.5), 0.003); // rank 50: 40 of 80 into (1ms, 5ms]
-        close(b.quantile(0.9), 0.005);
-        close(b.quantile(0.99), 0.005); // in +Inf: the highest finite bound
-        assert_eq!(Buckets::default().quantile(0.5), None);
-        assert_eq!(b.quantile(1.5), None);
-        // Empty leading buckets do not pull the estimate down to 0.
-        let late = Buckets(vec![(0.001, 0), (0.002, 0), (0.004, 4), (f64::INFINITY, 4)]);
-        close(late.quantile(0.0), 0.002);
-        close(late.quantile(0.5), 0.003);
-    }
-
-    #[test]
-    fn buckets_merge_by_bound() {
-        let mut b = Buckets::default();
-        b.add(f64::INFINITY, 3);
-        b.add(0.01, 1);
-        b.add(0.005, 1);
-        b.add(0.01, 1);
-        assert_eq!(b, Buckets(vec![(0.005, 1), (0.01, 2), (f64::INFINITY, 3)]));
-    }
-}
+mod tests;

@@ -5,14 +5,17 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
+use weft_test_support::{HttpClient, wait_until};
+
 use super::*;
 
 /// Runs the demo on the first free `127.<base>.x.y` range from `first`
 /// (tests and a user's own demo run side by side; so may two checkouts).
+/// `shutdown` gets the range's base.
 async fn run_somewhere<F: Future<Output = ()>>(
     first: u8,
     opts: DemoOptions,
-    shutdown: impl Fn() -> F,
+    shutdown: impl Fn(u8) -> F,
 ) -> (u8, DemoReport) {
     let start = first.wrapping_add((std::process::id() % 16) as u8 * 2);
     for i in 0..8 {
@@ -22,7 +25,7 @@ async fn run_somewhere<F: Future<Output = ()>>(
                 ip_base,
                 ..opts.clone()
             },
-            shutdown(),
+            shutdown(ip_base),
         )
         .await
         {
@@ -40,46 +43,130 @@ fn in_use(e: &anyhow::Error) -> bool {
         .any(|io| io.kind() == ErrorKind::AddrInUse)
 }
 
+/// The value of the first sample of `name` whose labels contain every
+/// one of `labels` (`key="value"`), from a sidecar's `/metrics`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    scrape::samples(text)
+        .find(|s| {
+            s.name == name
+                && labels.iter().all(|want| {
+                    s.labels
+                        .iter()
+                        .any(|(k, v)| format!("{k}=\"{v}\"") == *want)
+                })
+        })
+        .map(|s| s.value)
+}
+
+/// Ends the run once the frontend's sidecar has seen each governance
+/// capability act (a backup won on pricing; catalog-v1-2 weighted well
+/// down) and a few seconds of traffic are in, or after a generous bound
+/// on a slow machine (the report's assertions then say what was missing).
+async fn until_governance_acted(ip_base: u8) {
+    let admin = SocketAddr::from((Ipv4Addr::new(127, ip_base, 1, 1), mesh::ADMIN_PORT));
+    let erroring = format!("endpoint=\"127.{ip_base}.2.3:15006\"");
+    let client = HttpClient::http1().with_timeout(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let acted = wait_until("governance acting", Duration::from_secs(40), || async {
+        if started.elapsed() < Duration::from_secs(4) {
+            return Err("warming up".to_owned());
+        }
+        let r = client
+            .get(admin, "admin", "/metrics")
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        let text = String::from_utf8_lossy(&r.body);
+        let won = metric(
+            &text,
+            "weft_hedges_total",
+            &["service=\"pricing.default\"", "reason=\"won\""],
+        )
+        .unwrap_or(0.0);
+        let ratio = metric(
+            &text,
+            "weft_endpoint_weight_ratio",
+            &["service=\"catalog-v1.default\"", &erroring],
+        );
+        match ratio {
+            Some(r) if won >= 1.0 && r < 0.3 => Ok(()),
+            _ => Err(format!("hedges won {won}, catalog-v1-2 weight {ratio:?}")),
+        }
+    })
+    .await;
+    if let Err(e) = acted {
+        eprintln!("{e:#}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_run_shows_healthy_services_the_canary_split_and_both_inventory_endpoints() {
+async fn a_short_run_shows_the_canary_split_and_each_governance_capability_acting() {
     let opts = DemoOptions {
-        duration: Some(Duration::from_secs(3)),
         rate: 100,
         plain: true,
+        // The script would heal the slow endpoint at 15 s.
+        script: false,
         ..DemoOptions::default()
     };
-    let (_, report) = run_somewhere(101, opts, std::future::pending).await;
+    let (_, report) = run_somewhere(101, opts, until_governance_acted).await;
 
     assert!(
         report.requests >= 200,
-        "about 300 requests in 3 s: {report:#?}"
+        "at least 4 s at 100 req/s: {report:#?}"
     );
-    let success = report.success_rate().unwrap();
-    assert!(success > 0.9, "success {success}: {report:#?}");
-    for service in ["frontend", "catalog-v1", "catalog-v2", "inventory"] {
+    for service in [
+        "frontend",
+        "catalog-v1",
+        "catalog-v2",
+        "inventory",
+        "pricing",
+    ] {
         let s = report
             .service(service)
             .unwrap_or_else(|| panic!("no {service}: {report:#?}"));
         assert!(s.requests > 0 && s.p50.is_some() && s.p99 >= s.p50, "{s:?}");
     }
+    // The canary split holds; catalog-v1's two endpoints share its 90%.
     let v2 = report.share("catalog", "catalog-v2");
     assert!(
         (0.05..=0.15).contains(&v2),
         "catalog-v2 share {v2}: {report:#?}"
     );
     assert!((report.share("catalog", "catalog-v1") + v2 - 1.0).abs() < 1e-9);
-    let inventory: Vec<_> = report
-        .endpoints
-        .iter()
-        .filter(|e| e.service == "inventory")
-        .collect();
-    assert_eq!(inventory.len(), 2, "{report:#?}");
-    // Latency-aware balancing (the default) favours whichever endpoint
-    // measured faster, so two equal ones need not split evenly at 100
-    // req/s; both must take traffic (an unmeasured endpoint is probed).
-    for e in inventory {
-        assert!((0.02..=0.98).contains(&e.share), "{e:?}");
+
+    // A slow endpoint loses its traffic (an even split would give it a third).
+    let slow = report.share("inventory", "inventory-3");
+    assert!(slow < 0.15, "inventory-3 share {slow}: {report:#?}");
+    for fast in ["inventory-1", "inventory-2"] {
+        let e = report.endpoint(fast).unwrap();
+        assert!(e.requests > 0, "an unmeasured endpoint is probed: {e:?}");
     }
+
+    // An endpoint answering business errors is weighted down (round robin
+    // would give it half of catalog-v1's traffic) and retries hide them.
+    let erroring = report.endpoint("catalog-v1-2").unwrap();
+    let weight = erroring.weight_ratio.unwrap_or(1.0);
+    assert!(
+        weight < 0.5 || erroring.ejected,
+        "catalog-v1-2 weight {weight}: {erroring:?}"
+    );
+    let of_v1 = erroring.share / report.share("catalog", "catalog-v1");
+    assert!(
+        of_v1 < 0.4,
+        "catalog-v1-2 took {of_v1} of catalog-v1's traffic"
+    );
+    let catalog = report.calls_to("catalog").unwrap();
+    assert!(catalog.retries > 0, "{catalog:?}");
+    let success = catalog.success_rate().unwrap();
+    assert!(success >= 0.99, "callers' success {success}: {catalog:?}");
+    let success = report.success_rate().unwrap();
+    assert!(success >= 0.99, "ingress success {success}: {report:#?}");
+
+    // Backups trim pricing's tail.
+    let pricing = report.calls_to("pricing").unwrap();
+    assert!(
+        pricing.hedges_won > 0 && pricing.hedges_sent >= pricing.hedges_won,
+        "{pricing:?}"
+    );
     assert!(
         !report.config_dir.exists(),
         "the temporary config directory is removed"
@@ -100,7 +187,7 @@ async fn a_live_edit_moves_traffic_and_ctrl_c_frees_every_port() {
         ..DemoOptions::default()
     };
     let file = dir.join("demo.yaml");
-    let session = || {
+    let session = |_| {
         let file = file.clone();
         async move {
             tokio::time::sleep(Duration::from_millis(700)).await;
@@ -128,6 +215,14 @@ async fn a_live_edit_moves_traffic_and_ctrl_c_frees_every_port() {
         started.elapsed()
     );
     assert!(report.requests > 0 && report.ok > 0, "{report:#?}");
+    assert!(
+        report
+            .events
+            .iter()
+            .any(|e| e.what == "config generation 2 applied by every sidecar"),
+        "the edit shows as an event: {:#?}",
+        report.events
+    );
     // 10% for 0.7 s plus the reload delay, then 100% for the rest.
     let v2 = report.share("catalog", "catalog-v2");
     assert!(

@@ -1,15 +1,24 @@
-//! The live view: per-service rates, success and latency, and how each
-//! addressed service's traffic spreads over its endpoints, computed from
-//! counter deltas and rendered as plain text by a pure function.
+//! The live view: per-service rates, success and latency; what callers got
+//! from each addressed service and what its TrafficPolicy did for them
+//! (retries, backups); and how each addressed service's traffic spreads
+//! over its endpoints, with the weight callers give each one and what its
+//! app is set to do. Computed from counter deltas (and gauges) and
+//! rendered as plain text by a pure function (`render`).
 
-use std::fmt::Write as _;
+mod render;
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use weft_model::Config;
 
+use super::faults::AppFaults;
 use super::scrape::{Buckets, MeshCounters};
 use super::traffic::TrafficCounters;
+
+pub(crate) use render::render;
 
 /// One service's numbers over a window, as its sidecars saw them (inbound).
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +41,37 @@ impl ServiceSummary {
     }
 }
 
+/// What the callers of one addressed service got over a window, as their
+/// sidecars answered them (outbound: after retries and backups), and what
+/// the service's TrafficPolicy did for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallSummary {
+    /// The name callers use (`catalog`, `pricing`).
+    pub service: String,
+    pub requests: u64,
+    /// Answers that reached the caller as failures: a 5xx, or a failure of
+    /// the policy's failureCodes (a business error) its retries gave up on.
+    pub failed: u64,
+    pub rps: f64,
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
+    pub retries: u64,
+    pub hedges_sent: u64,
+    /// Backups that answered first.
+    pub hedges_won: u64,
+    /// Backups the budget (or the breaker, ...) did not allow.
+    pub hedges_suppressed: u64,
+    /// How long callers wait before a backup now (the longest of theirs).
+    pub hedge_delay: Option<Duration>,
+}
+
+impl CallSummary {
+    /// `1 - failed / requests`, `None` without requests.
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| 1.0 - self.failed as f64 / self.requests as f64)
+    }
+}
+
 /// One endpoint's part of the traffic sent to a service callers address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EndpointShare {
@@ -42,11 +82,39 @@ pub struct EndpointShare {
     pub backend: String,
     /// `IP:PORT`.
     pub endpoint: String,
+    /// The demo pod behind it (`inventory-3`), if it is one.
+    pub name: Option<String>,
     pub requests: u64,
     /// Of all requests to `service` over the window, 0..=1.
     pub share: f64,
     /// The backend's weight in the route, when a single rule splits it.
     pub weight: Option<u32>,
+    /// Effective weight / configured weight as the callers hold it now
+    /// (cut by failures, 0 while ejected); `None` before any caller has it.
+    pub weight_ratio: Option<f64>,
+    /// Ejected by outlier detection at some caller now.
+    pub ejected: bool,
+    /// As the endpoint's own sidecar answered (inbound), over the window.
+    pub p50: Option<Duration>,
+    /// What the endpoint's app is set to do, when it is a demo pod.
+    pub app: Option<AppFaults>,
+}
+
+/// Something that happened during the run, for the view's event list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoEvent {
+    /// Since the traffic started.
+    pub at: Duration,
+    pub what: String,
+}
+
+/// A demo pod as the view names it: its endpoint, its name and its app's
+/// faults now (`None` if the app did not answer).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct PodInfo {
+    pub(crate) endpoint: String,
+    pub(crate) name: &'static str,
+    pub(crate) faults: Option<AppFaults>,
 }
 
 /// A name callers address and the backend Services its traffic goes to.
@@ -152,9 +220,50 @@ pub(crate) fn service_rows(
     rows
 }
 
-/// Endpoint shares over a window, group by group; groups without traffic
-/// are left out.
-pub(crate) fn endpoint_rows(delta: &MeshCounters, groups: &[SplitGroup]) -> Vec<EndpointShare> {
+/// What callers got from each addressed service over a window, in the
+/// groups' order; services nobody called are left out.
+pub(crate) fn call_rows(
+    delta: &MeshCounters,
+    window: Duration,
+    groups: &[SplitGroup],
+) -> Vec<CallSummary> {
+    groups
+        .iter()
+        .filter_map(|group| {
+            let (_, c) = delta
+                .callers
+                .iter()
+                .find(|(label, _)| short(label) == group.service)?;
+            (c.requests > 0).then(|| CallSummary {
+                service: group.service.clone(),
+                requests: c.requests,
+                // A given-up failure that is a 5xx is in both counts, a
+                // business error (a 200) only in `given_up`, the proxy's
+                // own 503s (no endpoint) only in `server_errors`: the
+                // larger is the closest to their union without counting
+                // the common case twice.
+                failed: c.server_errors.max(c.given_up).min(c.requests),
+                rps: per_second(c.requests, window),
+                p50: quantile(&c.latency, 0.5),
+                p99: quantile(&c.latency, 0.99),
+                retries: c.retries,
+                hedges_sent: c.hedges_sent,
+                hedges_won: c.hedges_won,
+                hedges_suppressed: c.hedges_suppressed,
+                hedge_delay: c.hedge_delay.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            })
+        })
+        .collect()
+}
+
+/// Endpoint shares over a window, group by group, with how callers weigh
+/// each endpoint now and what the demo pod behind it does; groups without
+/// traffic are left out.
+pub(crate) fn endpoint_rows(
+    delta: &MeshCounters,
+    groups: &[SplitGroup],
+    pods: &[PodInfo],
+) -> Vec<EndpointShare> {
     let mut rows = Vec::new();
     for group in groups {
         let members: Vec<_> = group
@@ -172,20 +281,61 @@ pub(crate) fn endpoint_rows(delta: &MeshCounters, groups: &[SplitGroup]) -> Vec<
         if total == 0 {
             continue;
         }
-        rows.extend(
-            members
-                .into_iter()
-                .map(|(backend, weight, endpoint, n)| EndpointShare {
-                    service: group.service.clone(),
-                    backend: short(backend).to_owned(),
-                    endpoint: endpoint.clone(),
-                    requests: n,
-                    share: n as f64 / total as f64,
-                    weight,
-                }),
-        );
+        rows.extend(members.into_iter().map(|(backend, weight, endpoint, n)| {
+            let pod = pods.iter().find(|p| p.endpoint == *endpoint);
+            let health = delta.health.get(&(backend.clone(), endpoint.clone()));
+            EndpointShare {
+                service: group.service.clone(),
+                backend: short(backend).to_owned(),
+                endpoint: endpoint.clone(),
+                name: pod.map(|p| p.name.to_owned()),
+                requests: n,
+                share: n as f64 / total as f64,
+                weight,
+                weight_ratio: health.and_then(|h| h.weight_ratio()),
+                ejected: health.is_some_and(|h| h.ejected_by > 0),
+                p50: delta
+                    .pods
+                    .get(endpoint)
+                    .and_then(|p| quantile(&p.latency, 0.5)),
+                app: pod.and_then(|p| p.faults.clone()),
+            }
+        }));
     }
     rows
+}
+
+/// The endpoint health events (ejections, re-admissions, panic mode) in a
+/// delta, in words.
+pub(crate) fn health_events(delta: &MeshCounters, pods: &[PodInfo]) -> Vec<String> {
+    delta
+        .health_events
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|((service, endpoint, event), n)| {
+            let name = pods
+                .iter()
+                .find(|p| p.endpoint == *endpoint)
+                .map_or(endpoint.as_str(), |p| p.name);
+            let what = match event.as_str() {
+                "ejected" => "ejected by outlier detection",
+                "readmitted" => "readmitted after its ejection",
+                "panic_entered" => "has too few healthy endpoints: panic mode, all get traffic",
+                "panic_left" => "has enough healthy endpoints again: panic mode over",
+                other => other,
+            };
+            let times = if *n > 1 {
+                format!(" ({n} times)")
+            } else {
+                String::new()
+            };
+            if endpoint.is_empty() {
+                format!("{} {what}{times}", short(service))
+            } else {
+                format!("{} endpoint {name} {what}{times}", short(service))
+            }
+        })
+        .collect()
 }
 
 /// What the driver sent into the mesh over a window.
@@ -216,16 +366,13 @@ impl IngressRow {
     }
 }
 
-/// Lines of a rejected config's errors shown; the rest is counted.
-const MAX_ERROR_LINES: usize = 6;
-
 /// Everything one block of the view shows.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct View {
     /// The run's end rather than a refresh: numbers cover the whole run.
     pub(crate) last: bool,
     pub(crate) elapsed: Duration,
-    /// What the numbers cover (the refresh interval, or the whole run).
+    /// What the numbers cover (the last few seconds, or the whole run).
     pub(crate) window: Duration,
     pub(crate) rate: u32,
     pub(crate) config_file: PathBuf,
@@ -234,157 +381,10 @@ pub(crate) struct View {
     pub(crate) config_error: Option<String>,
     pub(crate) ingress: IngressRow,
     pub(crate) services: Vec<ServiceSummary>,
+    pub(crate) calls: Vec<CallSummary>,
     pub(crate) endpoints: Vec<EndpointShare>,
+    /// The latest events, oldest first.
+    pub(crate) events: Vec<DemoEvent>,
+    /// The script's next step, announced.
+    pub(crate) next: Option<DemoEvent>,
 }
-
-/// The block of text for one refresh (no terminal control codes).
-pub(crate) fn render(v: &View) -> String {
-    let mut out = String::new();
-    render_header(&mut out, v);
-    render_services(&mut out, v);
-    render_endpoints(&mut out, v);
-    out.push_str(
-        "success = answers other than 5xx; latency as each service's sidecar saw it (inbound)\n",
-    );
-    // Padding of empty last columns would only be trailing blanks.
-    out.lines()
-        .fold(String::with_capacity(out.len()), |mut block, line| {
-            block.push_str(line.trim_end());
-            block.push('\n');
-            block
-        })
-}
-
-fn render_header(out: &mut String, v: &View) {
-    let what = if v.last {
-        format!("final summary after {}", clock(v.elapsed))
-    } else {
-        format!(
-            "{} elapsed, last {:.1}s",
-            clock(v.elapsed),
-            v.window.as_secs_f64()
-        )
-    };
-    let _ = writeln!(
-        out,
-        "weft demo: {what}; {} req/s offered to frontend",
-        v.rate
-    );
-    let generation = match v.generations {
-        Some((lo, hi)) if lo == hi => format!("generation {hi}"),
-        Some((lo, hi)) => format!("generations {lo}..{hi}, sidecars reloading"),
-        None => "generation unknown".to_owned(),
-    };
-    let _ = writeln!(out, "config: {} ({generation})", v.config_file.display());
-    if let Some(error) = &v.config_error {
-        let _ = writeln!(
-            out,
-            "  newest change REJECTED, the last good config keeps serving:"
-        );
-        let lines: Vec<&str> = error
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect();
-        for line in lines.iter().take(MAX_ERROR_LINES) {
-            let _ = writeln!(out, "    {line}");
-        }
-        if lines.len() > MAX_ERROR_LINES {
-            let _ = writeln!(out, "    ({} more lines)", lines.len() - MAX_ERROR_LINES);
-        }
-    }
-    if !v.last {
-        let _ = writeln!(
-            out,
-            "  edit {} (e.g. the 90/10 weights) and watch traffic move",
-            v.config_file.display()
-        );
-    }
-    let i = &v.ingress;
-    let _ = writeln!(
-        out,
-        "\ningress -> frontend  {:.1} req/s  ok {}  p50 {}  p99 {}  late {}",
-        i.rps,
-        percent((i.done > 0).then(|| i.ok as f64 / i.done as f64)),
-        latency(i.p50),
-        latency(i.p99),
-        i.late
-    );
-}
-
-fn render_services(out: &mut String, v: &View) {
-    let _ = writeln!(
-        out,
-        "\n{:<14}{:>9}{:>10}{:>9}{:>9}",
-        "SERVICE", "RPS", "SUCCESS", "P50", "P99"
-    );
-    for s in &v.services {
-        let _ = writeln!(
-            out,
-            "{:<14}{:>9.1}{:>10}{:>9}{:>9}",
-            s.service,
-            s.rps,
-            percent(s.success_rate()),
-            latency(s.p50),
-            latency(s.p99)
-        );
-    }
-}
-
-fn render_endpoints(out: &mut String, v: &View) {
-    let _ = writeln!(
-        out,
-        "\n{:<14}{:<14}{:<22}{:>7}{:>8}{:>8}",
-        "TRAFFIC TO", "BACKEND", "ENDPOINT", "SHARE", "RPS", "WEIGHT"
-    );
-    let mut previous = None;
-    for e in &v.endpoints {
-        // The addressed service once per group, as a heading.
-        let service = if previous == Some(&e.service) {
-            ""
-        } else {
-            &e.service
-        };
-        previous = Some(&e.service);
-        let weight = e.weight.map(|w| w.to_string()).unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{:<14}{:<14}{:<22}{:>6.1}%{:>8.1}{:>8}",
-            service,
-            e.backend,
-            e.endpoint,
-            e.share * 100.0,
-            per_second(e.requests, v.window),
-            weight
-        );
-    }
-    out.push('\n');
-}
-
-fn percent(ratio: Option<f64>) -> String {
-    ratio.map_or_else(|| "-".to_owned(), |r| format!("{:.2}%", r * 100.0))
-}
-
-fn latency(d: Option<Duration>) -> String {
-    let Some(d) = d else { return "-".to_owned() };
-    let ms = d.as_secs_f64() * 1000.0;
-    if ms < 100.0 {
-        format!("{ms:.1}ms")
-    } else if ms < 1000.0 {
-        format!("{ms:.0}ms")
-    } else {
-        format!("{:.2}s", ms / 1000.0)
-    }
-}
-
-fn clock(d: Duration) -> String {
-    let s = d.as_secs();
-    if s < 60 {
-        format!("{s}s")
-    } else {
-        format!("{}m{:02}s", s / 60, s % 60)
-    }
-}
-
-#[cfg(test)]
-mod tests;
