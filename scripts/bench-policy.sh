@@ -11,6 +11,9 @@
 #   --duration S      seconds per run of the slow and tail scenarios; the bad and outage
 #                     scenarios run twice as long (default 8)
 #   --scenario LIST   comma list of slow,bad,tail,outage (default: all)
+#   --bad-after S     how long the bad scenario keeps running after the fault ends (default:
+#                     a quarter of its run); long enough, it shows the healed endpoint's
+#                     re-admission and weight ramp (outlier ejection 30 s + recovery 10 s)
 #   --proxies LIST    comma list of weft,envoy (default: both)
 #   --quick           smoke run: 1 round of 4 s runs (unless --rounds/--duration are given)
 #   --no-build        use the existing target/release/weft instead of running cargo build
@@ -32,7 +35,9 @@
 #            its share fell below half of what it was.
 #   tail     every endpoint answers 2% of requests in 100 ms (--slow-share). weft: no hedging;
 #            hedging {delay: 5ms}; hedging {percentile: 95}; Envoy: no hedging;
-#            hedge_on_per_try_timeout with per_try_timeout 5 ms. p99, p99.9 and extra requests
+#            hedge_on_per_try_timeout with per_try_timeout 5 ms and a 1 ms retry back-off (as
+#            weft control sends it; Envoy's default 25 ms back-off delays each hedge by up to
+#            25 ms more). p99, p99.9 and extra requests
 #            (app requests / client requests - 1).
 #   outage   every endpoint answers in 200 ms from 1/4 of the run for 1/4 of it, then recovers.
 #            weft: hedging {delay: 10ms} + retry {maxRetries: 2} + budget {percent: 10,
@@ -56,12 +61,14 @@ cd "$WEFT_ROOT"
 
 # ------------------------------------------------------------------------------ options
 ROUNDS="" DURATION="" SCENARIOS="slow,bad,tail,outage" PROXIES="weft,envoy" QUICK=0 BUILD=1 KEEP=0
+BAD_AFTER=""
 while (($#)); do
     case "$1" in
         --rounds) ROUNDS=$2; shift 2 ;;
         --duration) DURATION=$2; shift 2 ;;
         --scenario|--scenarios) SCENARIOS=$2; shift 2 ;;
         --proxies) PROXIES=$2; shift 2 ;;
+        --bad-after) BAD_AFTER=$2; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --no-build) BUILD=0; shift ;;
         --keep) KEEP=1; shift ;;
@@ -76,6 +83,7 @@ ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-8}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "--duration must be a positive integer (seconds)"
 ((DURATION >= 2)) || die "--duration must be at least 2 s (the bad and outage scenarios are split in quarters)"
+[[ -z $BAD_AFTER || $BAD_AFTER =~ ^[1-9][0-9]*$ ]] || die "--bad-after must be a positive integer (seconds)"
 IFS=, read -r -a SCENARIO_LIST <<<"$SCENARIOS"
 for s in "${SCENARIO_LIST[@]}"; do
     [[ $s =~ ^(slow|bad|tail|outage)$ ]] || die "unknown scenario '$s' (slow, bad, tail, outage)"
@@ -104,6 +112,8 @@ SAMPLE_S=0.5                      # the apps' counters are read this often
 WARMUP=1
 LONG=$((2 * DURATION))            # bad and outage runs
 BAD_FROM_MS=$((LONG * 250)) BAD_FOR_MS=$((LONG * 500))
+BAD_AFTER=${BAD_AFTER:-$((LONG / 4))}
+BAD_LONG=$(((BAD_FROM_MS + BAD_FOR_MS) / 1000 + BAD_AFTER))   # the bad scenario's runs
 OUTAGE_FROM_MS=$((LONG * 250)) OUTAGE_FOR_MS=$((LONG * 250))
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -282,6 +292,15 @@ if len(times) >= 2 and requests:
             fell = next((b - w_from for a, b, r in phases["during"]
                          if sum(r.values()) and r.get(target, 0) / sum(r.values()) * 100 < before / 2), None)
             out["share_halved_s"] = "-1" if fell is None else f"{fell:.1f}"
+            # After the fault: when the healed endpoint is back to half its
+            # share, and its share over the last 5 s of the run.
+            back = next((b - w_to for a, b, r in phases["after"]
+                         if sum(r.values()) and r.get(target, 0) / sum(r.values()) * 100 >= before / 2), None)
+            out["share_back_s"] = "-1" if back is None else f"{back:.1f}"
+            end = [x for x in deltas if x[1] > deltas[-1][1] - 5]
+            s_end = share(end)
+            if s_end is not None:
+                out["share_end_pct"] = f"{s_end:.2f}"
         # the fault window only: all client-visible failures happen in it
         if w_to > w_from:
             out["success_during_pct"] = f"{(1 - visible / (rate * (w_to - w_from))) * 100:.3f}"
@@ -394,6 +413,7 @@ envoy_route() {
                 "  retry_on: 5xx,reset,connect-failure" \
                 "  num_retries: 1" \
                 "  per_try_timeout: $(awk -v m="$ms" 'BEGIN { printf "%.3fs", m / 1000 }')" \
+                "  retry_back_off: {base_interval: 0.001s, max_interval: 0.001s}" \
                 "  $ENVOY_PREVIOUS_HOSTS" \
                 "  host_selection_retry_max_attempts: 3" \
                 "hedge_policy: {hedge_on_per_try_timeout: true}" | indent 18 ;;
@@ -515,7 +535,7 @@ run_row() {
     local target=app3 w_from=- w_to=- events=() i
     case "$scenario" in
         bad)
-            secs=$LONG
+            secs=$BAD_LONG
             w_from=$(awk -v m="$BAD_FROM_MS" 'BEGIN { print m / 1000 }')
             w_to=$(awk -v a="$BAD_FROM_MS" -v b="$BAD_FOR_MS" 'BEGIN { print (a + b) / 1000 }')
             events+=("at:$w_from:POST:$(app_url 3)/_weft/fault?biz_error_share=$BIZ_SHARE&for=${BAD_FOR_MS}ms")
@@ -649,7 +669,8 @@ start_apps
 per_round=0
 for s in "${SCENARIO_LIST[@]}"; do
     d=$DURATION
-    [[ $s == bad || $s == outage ]] && d=$LONG
+    [[ $s == outage ]] && d=$LONG
+    [[ $s == bad ]] && d=$BAD_LONG
     per_round=$((per_round + $(count_rows "$s") * (d + WARMUP + 3)))
 done
 est=$((ROUNDS * per_round))
@@ -757,19 +778,21 @@ if order["slow"]:
 if order["bad"]:
     f0, f1 = float(bad_from) / 1000, (float(bad_from) + float(bad_for)) / 1000
     print(f"### 2. Bad endpoint: one of three answers 50% of requests `x-biz-code: 5003` (HTTP 200) from {f0:g} s to {f1:g} s\n")
-    print("| proxy | policy | client success | during the fault | failed attempts | bad endpoint's share before / during / after | share halved after | extra requests | p99 ms |")
-    print("|---|---|---:|---:|---:|---|---:|---:|---:|")
+    print("| proxy | policy | client success | during the fault | failed attempts | bad endpoint's share before / during / after | share halved after | back to half its share after the fault | share, last 5 s | extra requests | p99 ms |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for row in order["bad"]:
         proxy, pol = LABELS["bad"].get(row, (row, ""))
         print(f"| {proxy} | {pol} | {fmt(med('bad', row, 'success_pct'), 2, '%')} | {fmt(med('bad', row, 'success_during_pct'), 2, '%')} "
               f"| {fmt(med('bad', row, 'failed_attempts'), 0)} "
               f"| {fmt(med('bad', row, 'share_before_pct'), 1, '%')} / {fmt(med('bad', row, 'share_during_pct'), 1, '%')} / {fmt(med('bad', row, 'share_after_pct'), 1, '%')} "
-              f"| {never(med('bad', row, 'share_halved_s'))} | {fmt(med('bad', row, 'extra_pct'), 1, '%')} | {fmt(med('bad', row, 'p99'), 2)} |")
+              f"| {never(med('bad', row, 'share_halved_s'))} | {never(med('bad', row, 'share_back_s'))} | {fmt(med('bad', row, 'share_end_pct'), 1, '%')} "
+              f"| {fmt(med('bad', row, 'extra_pct'), 1, '%')} | {fmt(med('bad', row, 'p99'), 2)} |")
     print(f"\nClient success: responses without the business code (nor an error) over all requests; the "
           f"failures that reached the client are the failed attempts minus the extra attempts (each retry "
           f"follows one failed attempt). \"During the fault\": the same failures over the requests sent "
           f"while it was on. Share halved: the first {sample_s} s sample after the fault started in which "
-          f"the bad endpoint got less than half its share before it.\n")
+          f"the bad endpoint got less than half its share before it; back: the first sample after the fault "
+          f"in which it got at least half of it again (\"never\": not within the run; see --bad-after).\n")
     print(f"Bad endpoint's share of requests, per {sample_s} s (last round; the fault covers {f0:g}-{f1:g} s):\n")
     print("| proxy | policy | share % per sample |")
     print("|---|---|---|")

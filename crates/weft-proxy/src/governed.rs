@@ -323,7 +323,7 @@ pub async fn send(
     };
 
     let mut tried: Vec<usize> = Vec::with_capacity(2);
-    let Some(first) = cluster.pick_index(&tried) else {
+    let Some(first) = cluster.pick_index(&tried, clock::at(start)) else {
         return Err(ProxyError::NoEndpoints(cluster.label.to_string()));
     };
     tried.push(first);
@@ -388,8 +388,8 @@ pub async fn send(
                             }
                         }
                         let Some(i) = cluster
-                            .pick_index(&tried)
-                            .or_else(|| cluster.pick_index(&[]))
+                            .pick_index(&tried, clock::now())
+                            .or_else(|| cluster.pick_index(&[], clock::now()))
                         else {
                             return Err(ProxyError::NoEndpoints(cluster.label.to_string()));
                         };
@@ -427,10 +427,11 @@ pub async fn send(
             _ = tokio::time::sleep_until(hedge_at.unwrap_or_else(far).into()), if hedge_at.is_some() => {
                 hedge_at = None;
                 let Some(h) = &policy.hedge else { continue };
-                if h.on_fire(clock::now()).is_err() {
+                let now = clock::now();
+                if h.on_fire(now).is_err() {
                     continue;
                 }
-                match cluster.pick_index(&tried) {
+                match cluster.pick_index(&tried, now) {
                     Some(i) => {
                         tried.push(i);
                         attempts += 1;
@@ -479,11 +480,12 @@ pub async fn once<B: Into<ProxyBody>>(
     timeout: Option<Duration>,
     grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let Some(i) = cluster.pick_index(&[]) else {
+    let sent = Instant::now();
+    let now = clock::at(sent);
+    let Some(i) = cluster.pick_index(&[], now) else {
         return Err(ProxyError::NoEndpoints(cluster.label.to_string()));
     };
-    let sent = Instant::now();
-    let inflight = InFlight::new(cluster.start(i, clock::at(sent)));
+    let inflight = InFlight::new(cluster.start(i, now));
     let result = forward(&cluster.endpoints[i], req, timeout).await;
     conclude(cluster, i, inflight, result, grpc, sent)
 }

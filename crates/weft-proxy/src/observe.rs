@@ -29,10 +29,10 @@ impl InFlight {
         InFlight(p)
     }
 
-    /// The response head arrived: latency sample now, still in flight.
-    pub fn first_byte(&mut self) {
+    /// The response head arrived at `now`: latency sample, still in flight.
+    pub fn first_byte(&mut self, now: Duration) {
         if let Some(p) = &mut self.0 {
-            p.first_byte(clock::now());
+            p.first_byte(now);
         }
     }
 
@@ -227,18 +227,20 @@ pub fn conclude(
     grpc: bool,
     sent: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let now = clock::now();
+    let arrived = Instant::now();
+    let now = clock::at(arrived);
+    let latency = arrived.saturating_duration_since(sent);
     match result {
         Err(e) => {
-            let v = classify_error(&cluster.classifier, &e, sent.elapsed());
+            let v = classify_error(&cluster.classifier, &e, latency);
             cluster.record(index, now, &v);
             // The guard's drop counts the wait as a lower bound.
             drop(inflight);
             Err(e)
         }
         Ok(resp) => {
-            inflight.first_byte();
-            let deferred = match classify_head(&cluster.classifier, &resp, grpc, sent.elapsed()) {
+            inflight.first_byte(now);
+            let deferred = match classify_head(&cluster.classifier, &resp, grpc, latency) {
                 HeadVerdict::Final(v) => {
                     cluster.record(index, now, &v);
                     None

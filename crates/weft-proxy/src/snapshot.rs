@@ -62,14 +62,14 @@ impl Cluster {
     /// The endpoint for the next request, `None` when there is none; counted
     /// as a request to that endpoint.
     pub fn pick(&self) -> Option<&Arc<EndpointClient>> {
-        self.pick_index(&[]).map(|i| &self.endpoints[i])
+        self.pick_index(&[], clock::now())
+            .map(|i| &self.endpoints[i])
     }
 
     /// The index of the endpoint for the next attempt, avoiding `tried`
     /// (the endpoints this request already went to) while another endpoint
     /// can take traffic; counted as a request to it.
-    pub fn pick_index(&self, tried: &[usize]) -> Option<usize> {
-        let now = clock::now();
+    pub fn pick_index(&self, tried: &[usize], now: Duration) -> Option<usize> {
         let mut rng = ThreadRng;
         let mut found = None;
         for _ in 0..4 {

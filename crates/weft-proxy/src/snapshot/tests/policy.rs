@@ -169,9 +169,13 @@ fn a_pick_avoids_endpoints_the_request_already_tried() {
     let table = s.lookup_host("catalog").unwrap();
     let c = table.find(&parts("/x")).unwrap().backends[0].clone();
     for _ in 0..50 {
-        let first = c.pick_index(&[]).unwrap();
-        let second = c.pick_index(&[first]).unwrap();
+        let first = c.pick_index(&[], clock::now()).unwrap();
+        let second = c.pick_index(&[first], clock::now()).unwrap();
         assert_ne!(first, second, "a backup never goes to the same endpoint");
-        assert_eq!(c.pick_index(&[0, 1]), None, "nothing left untried");
+        assert_eq!(
+            c.pick_index(&[0, 1], clock::now()),
+            None,
+            "nothing left untried"
+        );
     }
 }
