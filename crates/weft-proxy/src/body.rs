@@ -23,7 +23,7 @@ pub enum ProxyBody {
     /// it ends (see `observe`).
     Tracked(Box<TrackedBody>),
     /// A buffered request body sent again by a retry or a backup request.
-    Replay(Option<Bytes>, Option<http::HeaderMap>),
+    Replay(Option<Bytes>, Option<Box<http::HeaderMap>>),
     /// A request body read in part (too large to replay) and the rest.
     Chain(Option<Bytes>, Incoming),
 }
@@ -59,7 +59,7 @@ impl Body for ProxyBody {
             ProxyBody::Tracked(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Replay(data, trailers) => Poll::Ready(match data.take() {
                 Some(d) => Some(Ok(Frame::data(d))),
-                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
             }),
             ProxyBody::Chain(prefix, rest) => match prefix.take() {
                 Some(d) => Poll::Ready(Some(Ok(Frame::data(d)))),
@@ -99,5 +99,20 @@ impl Body for ProxyBody {
                 h
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Bodies move through every request future: a large variant would make
+    /// every move copy it (the replay trailers are boxed for that).
+    #[test]
+    fn the_body_stays_as_small_as_its_largest_common_variant() {
+        assert!(
+            std::mem::size_of::<super::ProxyBody>()
+                <= std::mem::size_of::<crate::upstream::PooledBody>() + 8,
+            "{}",
+            std::mem::size_of::<super::ProxyBody>()
+        );
     }
 }

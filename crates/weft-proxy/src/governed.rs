@@ -196,7 +196,7 @@ impl Template {
 
 struct Buffered {
     data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
+    trailers: Option<Box<HeaderMap>>,
 }
 
 enum Collected {
@@ -228,7 +228,7 @@ async fn collect(mut body: Incoming, limit: usize) -> Result<Collected, ProxyErr
                 }
                 Err(f) => {
                     if let Ok(t) = f.into_trailers() {
-                        trailers = Some(t);
+                        trailers = Some(Box::new(t));
                     }
                 }
             }

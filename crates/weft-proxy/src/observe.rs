@@ -78,7 +78,12 @@ pub fn classify_head<B>(
 ) -> HeadVerdict {
     let h = resp.headers();
     let status = resp.status().as_u16();
-    let grpc_status = header_str(h, "grpc-status");
+    // Only gRPC responses carry a status worth a header lookup.
+    let grpc_status = if grpc {
+        header_str(h, GRPC_STATUS)
+    } else {
+        None
+    };
     let code = classifier.header_name().and_then(|n| header_str(h, n));
     let mut obs = Observation::response(status, latency);
     if let Some(s) = grpc_status {
@@ -106,6 +111,8 @@ pub fn classify_error(classifier: &Classifier, err: &ProxyError, latency: Durati
     }
 }
 
+const GRPC_STATUS: &str = "grpc-status";
+
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
@@ -129,8 +136,11 @@ pub struct Deferred {
 
 impl Tracker {
     fn finish(&mut self, trailers: Option<&HeaderMap>, reset: bool) {
-        let now = clock::now();
+        // The latency sample was taken at the head; dropping the guard
+        // ends the in-flight count without another clock read.
+        drop(self.pending.take());
         if let Some(d) = self.deferred.take() {
+            let now = clock::now();
             let latency = d.sent.elapsed();
             let c = &self.cluster.classifier;
             let verdict = if reset {
@@ -150,9 +160,6 @@ impl Tracker {
             };
             self.cluster.record(self.index, now, &verdict);
         }
-        if let Some(p) = self.pending.take() {
-            p.finish(now);
-        }
     }
 }
 
@@ -160,9 +167,7 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         // The caller dropped the body before its end: nothing to judge.
         self.deferred = None;
-        if let Some(p) = self.pending.take() {
-            p.finish(clock::now());
-        }
+        drop(self.pending.take());
     }
 }
 

@@ -45,7 +45,7 @@ fn grpc_response(
     }
     let body = ProxyBody::Replay(
         Some(Bytes::from_static(b"\0\0\0\0\x01x")),
-        (!t.is_empty()).then_some(t),
+        (!t.is_empty()).then(|| Box::new(t)),
     );
     let mut r = Response::new(body);
     r.headers_mut()
