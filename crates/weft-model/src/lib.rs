@@ -29,10 +29,11 @@ pub use grpc_route::{
 };
 pub use load::{load_dir, load_documents, load_str};
 pub use policy::{
-    BalancerKind, Budget, CodeValue, EffectivePolicy, FailureCodes, HeaderCodes, HedgeDelay,
-    Hedging, LoadBalancer, LocalityPreference, OutlierDetection, PolicyScope, PolicySections,
-    PolicyTargetKind, PolicyTargetRef, Retry, Reweighting, SlowStart, SuccessRateEjection,
-    TrafficPolicy,
+    AbortStatus, Admission, BalancerKind, Budget, CodeValue, Deadline, EffectivePolicy,
+    FailureCodes, Fault, FaultAbort, FaultDelay, HeaderCodes, HedgeDelay, Hedging, LoadBalancer,
+    LocalRateLimit, LocalityPreference, OutlierDetection, PolicyScope, PolicySections,
+    PolicyTargetKind, PolicyTargetRef, RateLimit, Retry, Reweighting, SlowStart,
+    SuccessRateEjection, TrafficPolicy,
 };
 pub use route::{
     BackendRef, HeaderMatch, HeaderMatchType, HttpRoute, HttpRouteMatch, HttpRouteRule,

@@ -20,6 +20,10 @@ pub(crate) struct TrafficPolicySpec {
     hedging: Option<HedgingSpec>,
     retry: Option<RetrySpec>,
     budget: Option<BudgetSpec>,
+    admission: Option<super::flow::AdmissionSpec>,
+    rate_limit: Option<super::flow::RateLimitSpec>,
+    fault: Option<super::flow::FaultSpec>,
+    deadline: Option<super::flow::DeadlineSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,23 +163,32 @@ struct BudgetSpec {
 }
 
 /// Checks on one field, recording problems under the field's full name.
-struct Fields<'p, 'a> {
+pub(super) struct Fields<'p, 'a> {
     p: &'p mut Problems<'a>,
     prefix: String,
 }
 
 impl Fields<'_, '_> {
     fn name(&self, field: &str) -> String {
-        format!("{}.{field}", self.prefix)
+        if field.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}.{field}", self.prefix)
+        }
     }
 
-    fn add(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: &str, message: impl Into<String>) {
         let name = self.name(field);
         self.p.add(name, message);
     }
 
     /// A duration that must be positive; `default` when absent.
-    fn duration(&mut self, field: &str, value: Option<String>, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        field: &str,
+        value: Option<String>,
+        default: Duration,
+    ) -> Duration {
         let Some(text) = value else { return default };
         match parse_duration(&text) {
             Ok(d) if d.is_zero() => {
@@ -213,14 +226,14 @@ fn http_range(text: &str) -> Result<(u16, u16), String> {
 }
 
 /// `UNAVAILABLE`, `DeadlineExceeded`, `14`.
-fn grpc_code(text: &str) -> Result<u8, String> {
+pub(super) fn grpc_code(text: &str) -> Result<u8, String> {
     text.parse::<weft_policy::health::GrpcCode>()
         .map(|c| c.number())
         .map_err(|e| e.to_string())
 }
 
 /// An HTTP header name (RFC 9110 token).
-fn is_token(s: &str) -> bool {
+pub(super) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -316,6 +329,10 @@ impl TrafficPolicySpec {
         let hedging = self.hedging.map(|s| s.validate(&mut f(p, "hedging")));
         let retry = self.retry.map(|s| s.validate(&mut f(p, "retry")));
         let budget = self.budget.map(|s| s.validate(&mut f(p, "budget")));
+        let admission = self.admission.map(|s| s.validate(&mut f(p, "admission")));
+        let rate_limit = self.rate_limit.map(|s| s.validate(&mut f(p, "rateLimit")));
+        let fault = self.fault.map(|s| s.validate(&mut f(p, "fault")));
+        let deadline = self.deadline.map(|s| s.validate(&mut f(p, "deadline")));
         let sections = PolicySections {
             load_balancer,
             failure_codes,
@@ -324,9 +341,13 @@ impl TrafficPolicySpec {
             hedging,
             retry,
             budget,
+            admission,
+            rate_limit,
+            fault,
+            deadline,
         };
         if sections.set_names().is_empty() {
-            p.add("spec", "the policy sets nothing: give at least one of loadBalancer, failureCodes, reweighting, outlierDetection, hedging, retry, budget");
+            p.add("spec", "the policy sets nothing: give at least one of loadBalancer, failureCodes, reweighting, outlierDetection, hedging, retry, budget, admission, rateLimit, fault, deadline");
         }
         TrafficPolicy {
             name,

@@ -402,3 +402,132 @@ spec:
             .is_empty()
     );
 }
+
+// ---- issue 6 sections ------------------------------------------------------
+
+fn flow_policy(body: &str) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: flow}}\nspec:\n  targetRefs: [{{kind: Service, name: catalog}}]\n{body}"
+    )
+}
+
+#[test]
+fn flow_sections_load_with_their_defaults() {
+    let c = load(&flow_policy(
+        "  admission: {dropRatio: 0.25, sources: [frontend], deniedSources: [batch]}\n  rateLimit: {local: {requestsPerSecond: 50.5}}\n  fault:\n    delay: {fixed: 50ms, percent: 10}\n    abort: {grpcStatus: Unavailable}\n    headers: [{name: X-Chaos, value: \"on\"}]\n  deadline: {margin: 2ms}\n",
+    ))
+    .unwrap();
+    let s = &c.traffic_policies[0].sections;
+    let a = s.admission.as_ref().unwrap();
+    assert_eq!((a.drop_ratio, a.dry_run), (0.25, false));
+    assert_eq!(a.sources, ["frontend"]);
+    assert_eq!(a.denied_sources, ["batch"]);
+    let l = s.rate_limit.as_ref().unwrap().local.as_ref().unwrap();
+    assert_eq!(
+        (l.requests_per_second, l.burst, l.per_source),
+        (50.5, 51, false)
+    );
+    let f = s.fault.as_ref().unwrap();
+    assert_eq!(f.delay.as_ref().unwrap().fixed, Duration::from_millis(50));
+    assert_eq!(f.abort.as_ref().unwrap().status, AbortStatus::Grpc(14));
+    assert_eq!(f.abort.as_ref().unwrap().percent, 100.0);
+    assert_eq!(f.headers, [("x-chaos".to_string(), "on".to_string())]);
+    let d = s.deadline.as_ref().unwrap();
+    assert!(d.propagate);
+    assert_eq!(d.margin, Duration::from_millis(2));
+    assert_eq!(
+        s.set_names(),
+        ["admission", "rateLimit", "fault", "deadline"]
+    );
+    let w = c.not_yet_enforced();
+    assert!(
+        w.len() == 1 && w[0].contains("admission, rateLimit, fault, deadline"),
+        "{w:?}"
+    );
+    // The JSON the control plane sends proxies round-trips.
+    let json = serde_json::to_string(s).unwrap();
+    assert_eq!(&serde_json::from_str::<PolicySections>(&json).unwrap(), s);
+}
+
+#[test]
+fn bad_flow_settings_are_named() {
+    for (body, field, words) in [
+        (
+            "  admission: {dropRatio: 1.5}\n",
+            "spec.admission.dropRatio",
+            "not a ratio",
+        ),
+        (
+            "  admission: {dropRatio: -0.1}\n",
+            "spec.admission.dropRatio",
+            "not a ratio",
+        ),
+        (
+            "  admission: {dryRun: true}\n",
+            "spec.admission",
+            "dropRatio or deniedSources",
+        ),
+        (
+            "  admission: {dropRatio: 0.1, sources: [a], deniedSources: [a]}\n",
+            "spec.admission.deniedSources",
+            "also in sources",
+        ),
+        (
+            "  rateLimit: {local: {requestsPerSecond: 0}}\n",
+            "spec.rateLimit.local.requestsPerSecond",
+            "above 0",
+        ),
+        (
+            "  rateLimit: {local: {requestsPerSecond: 1e9}}\n",
+            "spec.rateLimit.local.requestsPerSecond",
+            "at most",
+        ),
+        (
+            "  rateLimit: {local: {requestsPerSecond: 10, burst: 0}}\n",
+            "spec.rateLimit.local.burst",
+            "at least 1",
+        ),
+        ("  rateLimit: {}\n", "spec.rateLimit", "needs local"),
+        (
+            "  fault: {abort: {httpStatus: 700}}\n",
+            "spec.fault.abort.httpStatus",
+            "not an HTTP status",
+        ),
+        (
+            "  fault: {abort: {httpStatus: 503, grpcStatus: Internal}}\n",
+            "spec.fault.abort",
+            "exactly one",
+        ),
+        (
+            "  fault: {abort: {grpcStatus: OK}}\n",
+            "spec.fault.abort.grpcStatus",
+            "not an abort",
+        ),
+        (
+            "  fault: {delay: {fixed: 10ms, percent: 101}}\n",
+            "spec.fault.delay.percent",
+            "not a percentage",
+        ),
+        (
+            "  fault: {headers: [{name: x, value: \"v\"}]}\n",
+            "spec.fault",
+            "delay or abort",
+        ),
+        (
+            "  fault: {abort: {httpStatus: 503}, headers: [{name: \"bad name\", value: \"v\"}]}\n",
+            "spec.fault.headers[0].name",
+            "not a header name",
+        ),
+        (
+            "  deadline: {margin: 5s}\n",
+            "spec.deadline.margin",
+            "more than 1s",
+        ),
+    ] {
+        let errs = errors(&flow_policy(body));
+        assert!(
+            errs.iter().any(|e| e.contains(field) && e.contains(words)),
+            "{body}: want {field} ({words}) in {errs:?}"
+        );
+    }
+}
