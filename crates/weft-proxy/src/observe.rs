@@ -18,6 +18,7 @@ use crate::body::ProxyBody;
 use crate::clock;
 use crate::error::ProxyError;
 use crate::snapshot::Cluster;
+use crate::upstream::Connected;
 
 /// An attempt's in-flight guard that, dropped before a response (the race
 /// was lost, the caller went away), counts the wait as a lower bound of the
@@ -244,7 +245,12 @@ pub fn conclude(
             Err(e)
         }
         Ok(resp) => {
-            inflight.first_byte(now);
+            // A new connection's setup is not the endpoint's latency.
+            let setup = resp
+                .extensions()
+                .get::<Connected>()
+                .map_or(Duration::ZERO, |c| c.0);
+            inflight.first_byte(now.saturating_sub(setup));
             let deferred = match classify_head(&cluster.classifier, &resp, grpc, latency) {
                 HeadVerdict::Final(v) => {
                     cluster.record(index, now, &v);

@@ -31,6 +31,13 @@ use crate::error::ProxyError;
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
+/// Set on a response whose request opened a new connection: how long the
+/// connect (and handshake) took, so the balancer's latency sample can leave
+/// it out (one slow TCP connect would otherwise make the endpoint look slow
+/// for as long as the estimate remembers a peak).
+#[derive(Debug, Clone, Copy)]
+pub struct Connected(pub Duration);
+
 /// A pooled client for one endpoint.
 pub struct EndpointClient {
     pub addr: SocketAddr,
@@ -95,20 +102,24 @@ impl EndpointClient {
         }
     }
 
-    /// An idle connection from the pool, or a new one.
-    async fn checkout_h1(&self) -> Result<http1::SendRequest<ProxyBody>, ProxyError> {
+    /// An idle connection from the pool, or a new one (with how long
+    /// opening it took).
+    async fn checkout_h1(
+        &self,
+    ) -> Result<(http1::SendRequest<ProxyBody>, Option<Duration>), ProxyError> {
         loop {
             let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let Some(mut sender) = idle else { break };
             if sender.is_ready() {
-                return Ok(sender);
+                return Ok((sender, None));
             }
             // Returned a moment ago: the connection task may still be
             // finishing the previous response. Closed ones fail here.
             if !sender.is_closed() && sender.ready().await.is_ok() {
-                return Ok(sender);
+                return Ok((sender, None));
             }
         }
+        let started = std::time::Instant::now();
         let io = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
@@ -119,7 +130,7 @@ impl EndpointClient {
                 tracing::debug!(error = %e, "upstream HTTP/1.1 connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok((sender, Some(started.elapsed())))
     }
 
     fn checkin_h1(&self, sender: http1::SendRequest<ProxyBody>) {
@@ -139,9 +150,12 @@ impl EndpointClient {
         // A pooled connection the server closed meanwhile gives the request
         // back unsent: then one retry on a fresh connection is safe.
         for attempt in 0..2 {
-            let mut sender = self.checkout_h1().await?;
+            let (mut sender, connected) = self.checkout_h1().await?;
             match sender.try_send_request(req).await {
-                Ok(resp) => {
+                Ok(mut resp) => {
+                    if let Some(d) = connected {
+                        resp.extensions_mut().insert(Connected(d));
+                    }
                     return Ok(resp.map(|body| {
                         ProxyBody::Pooled(PooledBody {
                             body,
@@ -158,7 +172,11 @@ impl EndpointClient {
         unreachable!("the second attempt returns")
     }
 
-    async fn h2_sender(&self) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
+    /// The shared HTTP/2 connection, or a new one (with how long opening it
+    /// took, for the request that opened it).
+    async fn h2_sender(
+        &self,
+    ) -> Result<(http2::SendRequest<ProxyBody>, Option<Duration>), ProxyError> {
         let current = || {
             self.shared_h2
                 .lock()
@@ -168,11 +186,12 @@ impl EndpointClient {
                 .cloned()
         };
         if let Some(s) = current() {
-            return Ok(s);
+            return Ok((s, None));
         }
+        let started = std::time::Instant::now();
         let _connecting = self.h2_connecting.lock().await;
         if let Some(s) = current() {
-            return Ok(s);
+            return Ok((s, None));
         }
         let io = self.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -188,7 +207,7 @@ impl EndpointClient {
             }
         });
         *self.shared_h2.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender.clone());
-        Ok(sender)
+        Ok((sender, Some(started.elapsed())))
     }
 
     async fn send_h2(
@@ -196,9 +215,14 @@ impl EndpointClient {
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         for attempt in 0..2 {
-            let mut sender = self.h2_sender().await?;
+            let (mut sender, connected) = self.h2_sender().await?;
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(ProxyBody::Streamed)),
+                Ok(mut resp) => {
+                    if let Some(d) = connected {
+                        resp.extensions_mut().insert(Connected(d));
+                    }
+                    return Ok(resp.map(ProxyBody::Streamed));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if attempt == 0 => req = unsent,
                     _ => return Err(self.upstream_error(e.error())),
