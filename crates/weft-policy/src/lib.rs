@@ -13,11 +13,22 @@
 //! - [`hedge`], [`budget`], [`retry`]: backup requests with fixed or
 //!   percentile delays, the budget shared by hedges and retries, the
 //!   breaker, and retry backoff.
+//! - [`deadline`]: deadline propagation: the caller's deadline from
+//!   `grpc-timeout` and the millisecond headers, `min(route, caller)`, and
+//!   what is left (minus a margin) for each attempt.
+//! - [`admission`]: traffic drop by ratio (with dry run) and fault
+//!   injection (delay and abort at percentages), decided per request.
+//! - [`ratelimit`]: local rate limits, a lock-free token bucket per route
+//!   or per proxy and a bounded per-source limiter, with the
+//!   `x-ratelimit-*` / `retry-after` response headers.
 
+pub mod admission;
 pub mod balance;
 pub mod budget;
+pub mod deadline;
 pub mod health;
 pub mod hedge;
 pub mod latency;
+pub mod ratelimit;
 pub mod retry;
 pub mod rng;
