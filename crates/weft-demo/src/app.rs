@@ -147,6 +147,8 @@ pub struct AppStats {
     pub biz_errors: u64,
     /// Requests that waited the slow latency.
     pub slow: u64,
+    /// The `x-weft-deadline-ms` of the last request that carried one.
+    pub last_deadline_ms: Option<u64>,
 }
 
 /// A sample app serving on its own tokio task.

@@ -29,6 +29,10 @@ pub enum ProxyError {
     /// No config has arrived yet (`--xds`, before the first update).
     #[error("no config from the control plane yet")]
     NotConfigured,
+    /// The caller's deadline (or the route timeout) leaves no time for
+    /// another attempt: answered at once instead of sending doomed work.
+    #[error("deadline exceeded (budget {budget_ms} ms)")]
+    DeadlineExceeded { budget_ms: u64 },
     /// The downstream request cannot be forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -42,7 +46,9 @@ impl ProxyError {
             ProxyError::NoEndpoints(_)
             | ProxyError::ConnectFailed { .. }
             | ProxyError::NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
@@ -57,6 +63,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "request-timeout",
             ProxyError::Upstream { .. } => "upstream-reset",
             ProxyError::NotConfigured => "no-config",
+            ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
             ProxyError::BadRequest(_) => "bad-request",
         }
     }
@@ -105,10 +112,10 @@ impl ProxyError {
 
     fn grpc_status(&self) -> &'static str {
         match self {
-            ProxyError::NoRoute(_) => "12",    // UNIMPLEMENTED
-            ProxyError::Timeout { .. } => "4", // DEADLINE_EXCEEDED
-            ProxyError::BadRequest(_) => "13", // INTERNAL
-            _ => "14",                         // UNAVAILABLE
+            ProxyError::NoRoute(_) => "12", // UNIMPLEMENTED
+            ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => "4", // DEADLINE_EXCEEDED
+            ProxyError::BadRequest(_) => "13",                                       // INTERNAL
+            _ => "14",                                                               // UNAVAILABLE
         }
     }
 }

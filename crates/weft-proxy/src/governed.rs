@@ -42,6 +42,7 @@ use weft_policy::rng::ThreadRng;
 
 use crate::body::ProxyBody;
 use crate::clock;
+use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers::is_upgrade;
@@ -274,13 +275,14 @@ pub async fn send(
     policy: &RoutePolicy,
     parts: Parts,
     body: Incoming,
-    timeout: Option<Duration>,
+    deadline: &RequestDeadline,
     grpc: bool,
     start: Instant,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     policy.budget.deposit(clock::at(start));
-    let deadline = timeout.map(|t| start + t);
-    let remaining = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let timeout = deadline.timeout();
+    let deadline_at = timeout.map(|t| start + t);
+    let remaining = || deadline_at.map(|d| d.saturating_duration_since(Instant::now()));
 
     let idempotent = is_idempotent(parts.method.as_str());
     let retry_ok = policy.retry_non_idempotent || idempotent;
@@ -295,7 +297,7 @@ pub async fn send(
                 None,
             ));
         }
-        return once(cluster, Request::from_parts(parts, body), timeout, grpc).await;
+        return once(cluster, Request::from_parts(parts, body), deadline, grpc).await;
     }
     let body = match collect(body, policy.max_body).await? {
         Collected::Whole(b) => b,
@@ -303,7 +305,7 @@ pub async fn send(
             if let Some(h) = &policy.hedge {
                 h.suppress(Suppressed::BodyTooLarge);
             }
-            return once(cluster, Request::from_parts(parts, body), remaining(), grpc).await;
+            return once(cluster, Request::from_parts(parts, body), deadline, grpc).await;
         }
     };
     let method = parts.method.clone();
@@ -328,10 +330,15 @@ pub async fn send(
     };
     tried.push(first);
     let mut inflight = FuturesUnordered::new();
+    let stamped = || -> Result<Request<ProxyBody>, ProxyError> {
+        let mut req = template.request(&body);
+        deadline.stamp(req.headers_mut())?;
+        Ok(req)
+    };
     inflight.push(attempt(
         cluster.clone(),
         first,
-        template.request(&body),
+        stamped()?,
         try_timeout(remaining()),
         false,
     ));
@@ -383,7 +390,7 @@ pub async fn send(
                         let _ = conclude(cluster, done.index, done.inflight, done.result, grpc, done.sent);
                         tokio::select! {
                             _ = tokio::time::sleep(after) => {}
-                            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far).into()) => {
+                            _ = tokio::time::sleep_until(deadline_at.unwrap_or_else(far).into()) => {
                                 return Err(timeout_error(cluster, timeout));
                             }
                         }
@@ -400,7 +407,7 @@ pub async fn send(
                         inflight.push(attempt(
                             cluster.clone(),
                             i,
-                            template.request(&body),
+                            stamped()?,
                             try_timeout(remaining()),
                             false,
                         ));
@@ -431,6 +438,13 @@ pub async fn send(
                 if h.on_fire(now).is_err() {
                     continue;
                 }
+                let req = match stamped() {
+                    Ok(r) => r,
+                    Err(_) => {
+                        h.suppress(Suppressed::Deadline);
+                        continue;
+                    }
+                };
                 match cluster.pick_index(&tried, now) {
                     Some(i) => {
                         tried.push(i);
@@ -439,7 +453,7 @@ pub async fn send(
                         inflight.push(attempt(
                             cluster.clone(),
                             i,
-                            template.request(&body),
+                            req,
                             try_timeout(remaining()),
                             true,
                         ));
@@ -448,7 +462,7 @@ pub async fn send(
                     None => h.suppress(Suppressed::NoEndpoint),
                 }
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far).into()), if deadline.is_some() => {
+            _ = tokio::time::sleep_until(deadline_at.unwrap_or_else(far).into()), if deadline_at.is_some() => {
                 if let Some(h) = &policy.hedge {
                     h.record(
                         clock::now(),
@@ -476,10 +490,12 @@ fn timeout_error(cluster: &Cluster, timeout: Option<Duration>) -> ProxyError {
 /// One attempt, no retry or backup (the request cannot be replayed).
 pub async fn once<B: Into<ProxyBody>>(
     cluster: &Arc<Cluster>,
-    req: Request<B>,
-    timeout: Option<Duration>,
+    mut req: Request<B>,
+    deadline: &RequestDeadline,
     grpc: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    deadline.stamp(req.headers_mut())?;
+    let timeout = deadline.timeout();
     let sent = Instant::now();
     let now = clock::at(sent);
     let Some(i) = cluster.pick_index(&[], now) else {

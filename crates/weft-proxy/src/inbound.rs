@@ -4,7 +4,8 @@
 //! Stages, outer to inner:
 //!   1. accept + protocol detection (HTTP/2 preface, HTTP/1 method, else
 //!      opaque TCP) ............................. listener.rs
-//!   2. (authorization, rate limit, fault: later issues)
+//!   2. deadline: the caller's, enforced and passed to the app shrunk
+//!      (authorization, rate limit, fault: later issues)
 //!   3. forward to the app (`--app`, else the inbound listener's cluster
 //!      from the config) over the same protocol ..... forward.rs
 //!   4. metrics
@@ -17,6 +18,7 @@ use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers::is_grpc;
@@ -51,6 +53,16 @@ pub async fn handle(
     } else {
         &app.h1
     };
-    let result = forward(client, req, None).await;
+    // The caller's deadline bounds the wait and reaches the app, shrunk.
+    let mut req = req;
+    let deadline =
+        match RequestDeadline::read(req.headers(), None, false, start, grpc, &shared.metrics) {
+            Ok(d) => d,
+            Err(err) => return Ok(shared.finish(&shared.inbound_stats, Err(err), grpc, start)),
+        };
+    if let Err(err) = deadline.stamp(req.headers_mut()) {
+        return Ok(shared.finish(&shared.inbound_stats, Err(err), grpc, start));
+    }
+    let result = forward(client, req, deadline.timeout()).await;
     Ok(shared.finish(&shared.inbound_stats, result, grpc, start))
 }

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod body;
 mod clock;
+pub mod deadline;
 pub mod error;
 mod forward;
 pub mod governed;

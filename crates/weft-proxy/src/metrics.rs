@@ -117,6 +117,13 @@ pub struct ProxyMetrics {
     pub config_last_error: Gauge,
     pub health: HealthMetrics,
     pub policy: PolicyMetrics,
+    pub deadline_malformed: Family<HeaderLabels, Counter>,
+    pub deadline_exceeded: Counter,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HeaderLabels {
+    pub header: &'static str,
 }
 
 /// Latency buckets (seconds): 0.5 ms .. 30 s, dense where sidecars live.
@@ -237,7 +244,21 @@ impl ProxyMetrics {
             "Extra attempts (retries + hedges) the route's budget allows right now",
             policy.budget_available.clone(),
         );
+        let deadline_malformed = Family::<HeaderLabels, Counter>::default();
+        registry.register(
+            "deadline_headers_malformed",
+            "Deadline headers ignored because their value was malformed, by header",
+            deadline_malformed.clone(),
+        );
+        let deadline_exceeded = Counter::default();
+        registry.register(
+            "deadline_exceeded",
+            "Requests answered 504 / DEADLINE_EXCEEDED because no time was left for an attempt",
+            deadline_exceeded.clone(),
+        );
         Self {
+            deadline_malformed,
+            deadline_exceeded,
             health,
             policy,
             registry,
@@ -252,6 +273,13 @@ impl ProxyMetrics {
             config_errors,
             config_last_error,
         }
+    }
+
+    /// Counts a malformed deadline header.
+    pub fn deadline_malformed(&self, header: &'static str) {
+        self.deadline_malformed
+            .get_or_create(&HeaderLabels { header })
+            .inc();
     }
 
     /// Records one finished request (response headers sent downstream).

@@ -4,7 +4,8 @@
 //! this order):
 //!   1. accept + HTTP/1.1 or h2c detection ........ listener.rs
 //!   2. route: Host/:authority or VIP -> Service -> rule (path/header/method)
-//!   3. (fault, deadline, drop/rate limit: later issues)
+//!   3. deadline: min(route timeout, caller's) ...... deadline.rs
+//!      (fault, drop/rate limit: later)
 //!   4. split: weighted pick of the rule's backend Service
 //!   5. retries and backup requests with their budget .. governed.rs
 //!      balance: latency-aware P2C (or the policy's) ... snapshot.rs
@@ -21,6 +22,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
 use crate::forward::request_authority;
 use crate::governed;
@@ -98,21 +100,26 @@ pub async fn handle(
         return Ok(shared.finish(&rule.stats, Err(err), grpc, start));
     };
 
+    // 3. deadline: the caller's and the route's
+    let deadline = match RequestDeadline::read(
+        &parts.headers,
+        rule.timeout,
+        rule.timeout_set,
+        start,
+        grpc,
+        &shared.metrics,
+    ) {
+        Ok(d) => d,
+        Err(err) => return Ok(shared.finish(&rule.stats, Err(err), grpc, start)),
+    };
+
     // 5. retries and hedging (when the rule's policy asks), balance,
     // 6. forward, endpoint health
     let result = match &rule.policy {
         Some(p) if p.is_active() => {
-            governed::send(cluster, p, parts, body, rule.timeout, grpc, start).await
+            governed::send(cluster, p, parts, body, &deadline, grpc, start).await
         }
-        _ => {
-            governed::once(
-                cluster,
-                Request::from_parts(parts, body),
-                rule.timeout,
-                grpc,
-            )
-            .await
-        }
+        _ => governed::once(cluster, Request::from_parts(parts, body), &deadline, grpc).await,
     };
 
     // 7. metrics
@@ -135,6 +142,9 @@ impl Shared {
             }
             Err(err) => {
                 tracing::debug!(error = %err, "request failed");
+                if matches!(err, ProxyError::DeadlineExceeded { .. }) {
+                    self.metrics.deadline_exceeded.inc();
+                }
                 stats.record(
                     &self.metrics,
                     err.status().as_u16(),

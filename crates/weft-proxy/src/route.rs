@@ -29,6 +29,8 @@ pub struct Rule {
     pub backends: Vec<Arc<Cluster>>,
     pub split: WeightedRoundRobin,
     pub timeout: Option<Duration>,
+    /// Whether the config set `timeout` (else it is Envoy's default).
+    pub timeout_set: bool,
     pub stats: RouteStats,
     /// Retries and hedging, when a TrafficPolicy asks for them.
     pub policy: Option<Arc<RoutePolicy>>,

@@ -130,12 +130,19 @@ impl Downstream {
         Ok(Some(Downstream { client, calls }))
     }
 
-    /// Makes the calls in order, stopping at the first that fails.
-    pub(super) async fn call_all(&self) -> Outcome {
+    /// Makes the calls in order, stopping at the first that fails. With a
+    /// deadline (the remaining time received, and when), each call carries
+    /// what is left of it in `x-weft-deadline-ms` (0 once spent: the sidecar
+    /// then fails the call fast).
+    pub(super) async fn call_all(
+        &self,
+        deadline: Option<(std::time::Duration, std::time::Instant)>,
+    ) -> Outcome {
         let mut names = Vec::with_capacity(self.calls.len());
         let mut failure = None;
         for prepared in &self.calls {
-            match self.call_one(prepared).await {
+            let left = deadline.map(|(d, at)| d.saturating_sub(at.elapsed()));
+            match self.call_one(prepared, left).await {
                 Ok((status, name)) => {
                     names.push(name.unwrap_or_else(|| "-".to_owned()));
                     if !status.is_success() {
@@ -157,10 +164,17 @@ impl Downstream {
     async fn call_one(
         &self,
         prepared: &PreparedCall,
+        deadline_left: Option<std::time::Duration>,
     ) -> anyhow::Result<(StatusCode, Option<String>)> {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = prepared.uri.clone();
         req.headers_mut().insert(HOST, prepared.host.clone());
+        if let Some(left) = deadline_left {
+            req.headers_mut().insert(
+                "x-weft-deadline-ms",
+                HeaderValue::from(left.as_millis() as u64),
+            );
+        }
         let response = self.client.request(req).await?;
         let status = response.status();
         let name = response

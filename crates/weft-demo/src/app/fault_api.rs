@@ -76,6 +76,7 @@ pub(super) async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
                     "errors": s.errors,
                     "biz_errors": s.biz_errors,
                     "slow": s.slow,
+                    "last_deadline_ms": s.last_deadline_ms,
                 }),
             )
         }

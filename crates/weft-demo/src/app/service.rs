@@ -23,6 +23,9 @@ use super::fault::{BizErrorHeader, Draw, FaultCell, FaultView, Faults, SplitMix6
 use super::fault_api;
 use super::{APP_NAME_HEADER, AppConfig, AppStats, DOWNSTREAM_HEADER, REQUEST_VERSION_HEADER};
 
+/// The remaining time a weft sidecar gives the app (milliseconds).
+const DEADLINE_HEADER: &str = "x-weft-deadline-ms";
+
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 const APPLICATION_JSON: HeaderValue = HeaderValue::from_static("application/json");
 
@@ -42,6 +45,8 @@ pub(super) struct Shared {
     errors: AtomicU64,
     biz_errors: AtomicU64,
     slow: AtomicU64,
+    /// `x-weft-deadline-ms` of the last request with one; `u64::MAX`: none yet.
+    last_deadline_ms: AtomicU64,
 }
 
 impl Shared {
@@ -78,6 +83,7 @@ impl Shared {
             errors: AtomicU64::new(0),
             biz_errors: AtomicU64::new(0),
             slow: AtomicU64::new(0),
+            last_deadline_ms: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -87,6 +93,8 @@ impl Shared {
             errors: self.errors.load(Ordering::Relaxed),
             biz_errors: self.biz_errors.load(Ordering::Relaxed),
             slow: self.slow.load(Ordering::Relaxed),
+            last_deadline_ms: Some(self.last_deadline_ms.load(Ordering::Relaxed))
+                .filter(|&v| v != u64::MAX),
         }
     }
 
@@ -174,6 +182,18 @@ impl Shared {
         route: Route,
         req: Request<Incoming>,
     ) -> Response<AppBody> {
+        // The remaining time the caller's sidecar handed us: our own calls
+        // carry what is left of it (the app's part of deadline propagation).
+        let received = std::time::Instant::now();
+        let deadline = req
+            .headers()
+            .get(DEADLINE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(ms) = deadline {
+            self.last_deadline_ms.store(ms, Ordering::Relaxed);
+        }
+        let deadline = deadline.map(|ms| (std::time::Duration::from_millis(ms), received));
         if !draw.delay.is_zero() {
             super::timer::sleep(draw.delay).await;
         }
@@ -183,7 +203,7 @@ impl Shared {
         }
         let mut downstream_names = None;
         if let Some(downstream) = &self.downstream {
-            let outcome = downstream.call_all().await;
+            let outcome = downstream.call_all(deadline).await;
             if let Some(failure) = outcome.failure {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let mut response = self.response(StatusCode::BAD_GATEWAY, AppBody::full(failure));

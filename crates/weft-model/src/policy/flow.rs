@@ -91,7 +91,7 @@ impl Default for Deadline {
     fn default() -> Self {
         Deadline {
             propagate: true,
-            margin: Duration::from_millis(5),
+            margin: Duration::from_millis(1),
         }
     }
 }

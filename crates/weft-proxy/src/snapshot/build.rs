@@ -343,6 +343,7 @@ impl<'a> Assembly<'a> {
                     backends,
                     split: WeightedRoundRobin::new(&weights),
                     timeout: r.timeout,
+                    timeout_set: r.timeout_set,
                     stats: self.metrics.route_stats(
                         Direction::Outbound,
                         vh.service.clone(),

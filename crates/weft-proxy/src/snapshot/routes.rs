@@ -47,6 +47,9 @@ pub(super) struct RulePlan {
     /// (cluster name, weight)
     pub backends: Vec<(String, u32)>,
     pub timeout: Option<Duration>,
+    /// The route set its timeout (not Envoy's 15 s default): the timeout is
+    /// then a deadline worth handing upstream.
+    pub timeout_set: bool,
     /// The rule's TrafficPolicy (route metadata): its JSON and settings.
     pub policy: Option<(String, RouteSettings)>,
 }
@@ -163,6 +166,7 @@ fn parse_route(r: &Route, index: usize) -> Result<RulePlan, String> {
         matcher: parse_match(m)?,
         backends: parse_backends(action)?,
         timeout: parse_timeout(action)?,
+        timeout_set: action.timeout.is_some(),
         policy,
     })
 }
