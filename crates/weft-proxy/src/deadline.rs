@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use weft_policy::deadline::{
-    CallerDeadline, DEFAULT_MARGIN, Deadline, DeadlineHeader, GRPC_TIMEOUT, WEFT_DEADLINE_MS,
-    format_deadline_ms, format_grpc_timeout,
+    CallerDeadline, DEFAULT_MARGIN, Deadline, DeadlineHeader, ENVOY_EXPECTED_RQ_TIMEOUT_MS,
+    GRPC_TIMEOUT, WEFT_DEADLINE_MS, format_deadline_ms, format_grpc_timeout,
 };
 
 use crate::clock;
@@ -46,7 +46,17 @@ impl RequestDeadline {
         grpc: bool,
         metrics: &ProxyMetrics,
     ) -> Result<Self, ProxyError> {
-        let read = CallerDeadline::read(|name| headers.get(name).map(HeaderValue::as_bytes));
+        // Pre-parsed names: a `&str` lookup would parse and hash the name
+        // three times per request.
+        static NAMES: [HeaderName; 3] = [
+            HeaderName::from_static(GRPC_TIMEOUT),
+            HeaderName::from_static(WEFT_DEADLINE_MS),
+            HeaderName::from_static(ENVOY_EXPECTED_RQ_TIMEOUT_MS),
+        ];
+        let read = CallerDeadline::read(|name| {
+            let n = NAMES.iter().find(|n| n.as_str() == name)?;
+            headers.get(n).map(HeaderValue::as_bytes)
+        });
         for e in &read.malformed {
             tracing::debug!(error = %e, "ignored a malformed deadline header");
             metrics.deadline_malformed(e.header.name());
