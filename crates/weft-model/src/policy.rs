@@ -427,10 +427,24 @@ impl crate::Config {
                     p.namespace, p.name
                 ));
             }
-            let pending: Vec<&str> = [
+            let weft_only: Vec<&str> = [
                 (s.admission.is_some(), "admission"),
-                (s.rate_limit.is_some(), "rateLimit"),
                 (s.fault.is_some(), "fault"),
+            ]
+            .iter()
+            .filter(|(set, _)| *set)
+            .map(|(_, n)| *n)
+            .collect();
+            if !weft_only.is_empty() {
+                out.push(format!(
+                    "TrafficPolicy {}/{} sets {}: enforced by weft proxies (on the caller's side), not translated for Envoy nodes yet (issue 6 in progress)",
+                    p.namespace,
+                    p.name,
+                    weft_only.join(", ")
+                ));
+            }
+            let pending: Vec<&str> = [
+                (s.rate_limit.is_some(), "rateLimit"),
                 (s.deadline.is_some(), "deadline"),
             ]
             .iter()
@@ -439,7 +453,7 @@ impl crate::Config {
             .collect();
             if !pending.is_empty() {
                 out.push(format!(
-                    "TrafficPolicy {}/{} sets {}: validated, not enforced yet by weft proxies or Envoy nodes (issue 6 in progress)",
+                    "TrafficPolicy {}/{} sets {}: validated, not applied yet (weft proxies propagate deadlines with a 1 ms margin whatever the policy; issue 6 in progress)",
                     p.namespace,
                     p.name,
                     pending.join(", ")

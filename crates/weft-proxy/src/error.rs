@@ -3,6 +3,7 @@
 //! cause.
 
 use http::{HeaderValue, Response, StatusCode};
+use weft_policy::admission::Abort;
 
 use crate::body::ProxyBody;
 
@@ -33,6 +34,15 @@ pub enum ProxyError {
     /// another attempt: answered at once instead of sending doomed work.
     #[error("deadline exceeded (budget {budget_ms} ms)")]
     DeadlineExceeded { budget_ms: u64 },
+    /// The route's drop ratio picked this request (issue 6).
+    #[error("dropped by the route's drop ratio")]
+    Dropped,
+    /// The calling Service is denied on this route.
+    #[error("requests from {0} are denied on this route")]
+    Denied(String),
+    /// An injected fault (chaos experiment) aborted the request.
+    #[error("aborted by an injected fault")]
+    FaultAbort(weft_policy::admission::Abort),
     /// The downstream request cannot be forwarded as it is.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -51,6 +61,12 @@ impl ProxyError {
             }
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Dropped => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::FaultAbort(Abort::Http(s)) => {
+                StatusCode::from_u16(*s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            }
+            ProxyError::FaultAbort(Abort::Grpc(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -65,6 +81,9 @@ impl ProxyError {
             ProxyError::NotConfigured => "no-config",
             ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::Dropped => "dropped",
+            ProxyError::Denied(_) => "denied",
+            ProxyError::FaultAbort(_) => "fault-injected",
         }
     }
 
@@ -102,7 +121,7 @@ impl ProxyError {
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/grpc"),
             );
-            h.insert("grpc-status", HeaderValue::from_static(self.grpc_status()));
+            h.insert("grpc-status", HeaderValue::from(self.grpc_status()));
             if let Ok(v) = HeaderValue::from_str(&self.to_string().replace(['\r', '\n'], " ")) {
                 h.insert("grpc-message", v);
             }
@@ -110,12 +129,23 @@ impl ProxyError {
         resp
     }
 
-    fn grpc_status(&self) -> &'static str {
+    fn grpc_status(&self) -> u32 {
         match self {
-            ProxyError::NoRoute(_) => "12", // UNIMPLEMENTED
-            ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => "4", // DEADLINE_EXCEEDED
-            ProxyError::BadRequest(_) => "13",                                       // INTERNAL
-            _ => "14",                                                               // UNAVAILABLE
+            ProxyError::NoRoute(_) => 12, // UNIMPLEMENTED
+            ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => 4,
+            ProxyError::BadRequest(_) => 13, // INTERNAL
+            ProxyError::Denied(_) => 7,      // PERMISSION_DENIED
+            ProxyError::FaultAbort(Abort::Grpc(c)) => *c,
+            // gRPC's HTTP-to-status mapping (doc/http-grpc-status-mapping.md).
+            ProxyError::FaultAbort(Abort::Http(s)) => match s {
+                400 => 13,
+                401 => 16,
+                403 => 7,
+                404 => 12,
+                429 | 502..=504 => 14,
+                _ => 2,
+            },
+            _ => 14, // UNAVAILABLE
         }
     }
 }

@@ -48,7 +48,7 @@ use crate::forward::forward;
 use crate::headers::is_upgrade;
 use crate::metrics::{PolicyLabels, PolicyMetrics, PolicyReasonLabels};
 use crate::observe::{HeadVerdict, InFlight, classify_error, classify_head, conclude};
-use crate::policy::RouteSettings;
+use crate::policy::{AdmissionSettings, FaultSettings, RouteSettings};
 use crate::snapshot::Cluster;
 
 /// Request bodies buffered for retries when hedging does not set a limit.
@@ -68,6 +68,8 @@ pub struct RoutePolicy {
     hedge_non_idempotent: bool,
     budget: Arc<Budget>,
     max_body: usize,
+    admission: Option<AdmissionSettings>,
+    fault: Option<FaultSettings>,
     /// Counter values already exported to Prometheus.
     synced: Mutex<(RetryStats, HedgeStats)>,
 }
@@ -101,6 +103,8 @@ impl RoutePolicy {
             hedge,
             hedge_non_idempotent: s.hedge_non_idempotent,
             budget,
+            admission: s.admission.clone(),
+            fault: s.fault.clone(),
             synced: Mutex::default(),
         })
     }
@@ -108,6 +112,14 @@ impl RoutePolicy {
     /// Whether requests go through [`send`] at all.
     pub fn is_active(&self) -> bool {
         self.retry.is_some() || self.hedge.is_some()
+    }
+
+    pub fn admission(&self) -> Option<&AdmissionSettings> {
+        self.admission.as_ref()
+    }
+
+    pub fn fault(&self) -> Option<&FaultSettings> {
+        self.fault.as_ref()
     }
 
     pub fn hedger(&self) -> Option<&Hedger> {

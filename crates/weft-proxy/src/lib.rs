@@ -10,6 +10,7 @@
 //! Request paths: [`outbound`] and [`inbound`] each list their stages in order.
 
 pub mod admin;
+mod admission;
 pub mod body;
 mod clock;
 pub mod deadline;

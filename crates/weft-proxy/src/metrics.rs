@@ -95,6 +95,10 @@ pub struct PolicyMetrics {
     pub hedges_suppressed: Family<PolicyReasonLabels, Counter>,
     pub hedge_delay: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     pub budget_available: Family<PolicyLabels, Gauge>,
+    /// Requests dropped or denied (and would-be ones in dry run).
+    pub admission: Family<PolicyReasonLabels, Counter>,
+    /// Faults injected: delay, abort.
+    pub faults: Family<PolicyReasonLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -238,6 +242,16 @@ impl ProxyMetrics {
             "hedge_delay_seconds",
             "Current hedge delay of the route (learned for a percentile delay; absent before enough history)",
             policy.hedge_delay.clone(),
+        );
+        registry.register(
+            "admission_refused",
+            "Requests refused by a route's admission policy: dropped, denied (and *_dry_run: counted only)",
+            policy.admission.clone(),
+        );
+        registry.register(
+            "faults_injected",
+            "Faults injected into requests, by kind (delay, abort)",
+            policy.faults.clone(),
         );
         registry.register(
             "retry_budget_available",

@@ -5,7 +5,8 @@
 //!   1. accept + HTTP/1.1 or h2c detection ........ listener.rs
 //!   2. route: Host/:authority or VIP -> Service -> rule (path/header/method)
 //!   3. deadline: min(route timeout, caller's) ...... deadline.rs
-//!      (fault, drop/rate limit: later)
+//!      admission (drop ratio, denied callers), faults . admission.rs
+//!      (rate limits: later)
 //!   4. split: weighted pick of the rule's backend Service
 //!   5. retries and backup requests with their budget .. governed.rs
 //!      balance: latency-aware P2C (or the policy's) ... snapshot.rs
@@ -21,6 +22,7 @@ use std::time::Instant;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::admission;
 use crate::body::ProxyBody;
 use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
@@ -112,6 +114,20 @@ pub async fn handle(
         Ok(d) => d,
         Err(err) => return Ok(shared.finish(&rule.stats, Err(err), grpc, start)),
     };
+
+    // 3b. admission (drop ratio, denied callers) and injected faults
+    if let Some(p) = &rule.policy
+        && let Err(err) = admission::admit(
+            p,
+            &shared.local_service,
+            &parts.headers,
+            &deadline,
+            &shared.metrics,
+        )
+        .await
+    {
+        return Ok(shared.finish(&rule.stats, Err(err), grpc, start));
+    }
 
     // 5. retries and hedging (when the rule's policy asks), balance,
     // 6. forward, endpoint health

@@ -18,6 +18,7 @@
 use std::time::Duration;
 
 use weft_model::{BalancerKind, PolicySections};
+use weft_policy::admission::{Abort, AbortFault, DelayFault, DropRatio, Fault};
 use weft_policy::budget::BudgetConfig;
 use weft_policy::health::{
     CodeMatcher, FailureCodes, GrpcCode, HeaderRule, HealthConfig, OutlierConfig, ScoreConfig,
@@ -199,6 +200,23 @@ pub fn failure_codes(s: Option<&weft_model::FailureCodes>) -> Result<FailureCode
     Ok(codes)
 }
 
+/// Who gets in (issue 6): a drop ratio, optionally only for some callers,
+/// and callers refused outright.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionSettings {
+    pub drop: DropRatio,
+    /// The drop ratio's callers (`name` or `name.namespace`); empty: all.
+    pub sources: Vec<String>,
+    pub denied_sources: Vec<String>,
+}
+
+/// Injected faults for requests carrying every one of `headers`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSettings {
+    pub fault: Fault,
+    pub headers: Vec<(String, String)>,
+}
+
 /// What a route rule's requests run with; `None` fields are off.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteSettings {
@@ -208,6 +226,8 @@ pub struct RouteSettings {
     pub hedge: Option<HedgeConfig>,
     pub hedge_non_idempotent: bool,
     pub budget: BudgetConfig,
+    pub admission: Option<AdmissionSettings>,
+    pub fault: Option<FaultSettings>,
 }
 
 impl RouteSettings {
@@ -258,7 +278,47 @@ impl RouteSettings {
             ttl: b.window,
         };
         budget.validate().map_err(|e| format!("budget: {e}"))?;
+        let admission = match &s.admission {
+            None => None,
+            Some(a) => {
+                let drop = DropRatio {
+                    ratio: a.drop_ratio,
+                    dry_run: a.dry_run,
+                };
+                drop.validate().map_err(|e| format!("admission: {e}"))?;
+                Some(AdmissionSettings {
+                    drop,
+                    sources: a.sources.clone(),
+                    denied_sources: a.denied_sources.clone(),
+                })
+            }
+        };
+        let fault = match &s.fault {
+            None => None,
+            Some(f) => {
+                let fault = Fault {
+                    delay: f.delay.as_ref().map(|d| DelayFault {
+                        delay: d.fixed,
+                        percentage: d.percent,
+                    }),
+                    abort: f.abort.as_ref().map(|a| AbortFault {
+                        abort: match a.status {
+                            weft_model::AbortStatus::Http(s) => Abort::Http(s),
+                            weft_model::AbortStatus::Grpc(c) => Abort::Grpc(u32::from(c)),
+                        },
+                        percentage: a.percent,
+                    }),
+                };
+                fault.validate().map_err(|e| format!("fault: {e}"))?;
+                Some(FaultSettings {
+                    fault,
+                    headers: f.headers.clone(),
+                })
+            }
+        };
         Ok(Self {
+            admission,
+            fault,
             codes,
             retry_non_idempotent: s.retry.as_ref().is_some_and(|r| r.non_idempotent),
             retry,
