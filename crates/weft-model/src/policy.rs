@@ -429,6 +429,7 @@ impl crate::Config {
             }
             let weft_only: Vec<&str> = [
                 (s.admission.is_some(), "admission"),
+                (s.rate_limit.is_some(), "rateLimit"),
                 (s.fault.is_some(), "fault"),
             ]
             .iter()
@@ -443,14 +444,11 @@ impl crate::Config {
                     weft_only.join(", ")
                 ));
             }
-            let pending: Vec<&str> = [
-                (s.rate_limit.is_some(), "rateLimit"),
-                (s.deadline.is_some(), "deadline"),
-            ]
-            .iter()
-            .filter(|(set, _)| *set)
-            .map(|(_, n)| *n)
-            .collect();
+            let pending: Vec<&str> = [(s.deadline.is_some(), "deadline")]
+                .iter()
+                .filter(|(set, _)| *set)
+                .map(|(_, n)| *n)
+                .collect();
             if !pending.is_empty() {
                 out.push(format!(
                     "TrafficPolicy {}/{} sets {}: validated, not applied yet (weft proxies propagate deadlines with a 1 ms margin whatever the policy; issue 6 in progress)",

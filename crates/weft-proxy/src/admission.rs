@@ -1,6 +1,8 @@
 //! Admission and faults on the outbound path (issue 6), before a request is
 //! balanced: callers denied on the route, the route's drop ratio (optionally
-//! only for some callers; dry run counts without dropping), and injected
+//! only for some callers; dry run counts without dropping), the route's
+//! local token bucket (this proxy's requests; 429 / RESOURCE_EXHAUSTED with
+//! `x-ratelimit-*` and `retry-after`), and injected
 //! faults (delay, then abort) for requests carrying the policy's headers.
 //! The caller is this sidecar's own Service, so source -> destination pairs
 //! need no identity from the request.
@@ -62,6 +64,13 @@ pub async fn admit(
             if d.should_drop() {
                 return Err(ProxyError::Dropped);
             }
+        }
+    }
+    if let Some(bucket) = policy.limiter() {
+        let d = bucket.try_acquire(crate::clock::now());
+        if !d.allowed {
+            count(&metrics.policy.admission, "rate_limited");
+            return Err(ProxyError::RateLimited(d.headers()));
         }
     }
     if let Some(f) = policy.fault()

@@ -40,6 +40,10 @@ pub enum ProxyError {
     /// The calling Service is denied on this route.
     #[error("requests from {0} are denied on this route")]
     Denied(String),
+    /// The route's local rate limit refused the request; the headers say
+    /// when to come back.
+    #[error("rate limited")]
+    RateLimited(Vec<(&'static str, String)>),
     /// An injected fault (chaos experiment) aborted the request.
     #[error("aborted by an injected fault")]
     FaultAbort(weft_policy::admission::Abort),
@@ -62,6 +66,7 @@ impl ProxyError {
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Dropped => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Denied(_) => StatusCode::FORBIDDEN,
             ProxyError::FaultAbort(Abort::Http(s)) => {
                 StatusCode::from_u16(*s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
@@ -82,6 +87,7 @@ impl ProxyError {
             ProxyError::DeadlineExceeded { .. } => "deadline-exceeded",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::Dropped => "dropped",
+            ProxyError::RateLimited(_) => "rate-limited",
             ProxyError::Denied(_) => "denied",
             ProxyError::FaultAbort(_) => "fault-injected",
         }
@@ -111,6 +117,13 @@ impl ProxyError {
             r
         };
         let h = resp.headers_mut();
+        if let ProxyError::RateLimited(limits) = self {
+            for (name, value) in limits {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    h.insert(*name, v);
+                }
+            }
+        }
         h.insert(WEFT_ERROR, HeaderValue::from_static(self.code()));
         h.insert(
             http::header::CONTENT_TYPE,
@@ -135,6 +148,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } | ProxyError::DeadlineExceeded { .. } => 4,
             ProxyError::BadRequest(_) => 13, // INTERNAL
             ProxyError::Denied(_) => 7,      // PERMISSION_DENIED
+            ProxyError::RateLimited(_) => 8, // RESOURCE_EXHAUSTED
             ProxyError::FaultAbort(Abort::Grpc(c)) => *c,
             // gRPC's HTTP-to-status mapping (doc/http-grpc-status-mapping.md).
             ProxyError::FaultAbort(Abort::Http(s)) => match s {

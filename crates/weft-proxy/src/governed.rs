@@ -37,6 +37,7 @@ use weft_policy::health::{Classifier, Verdict};
 use weft_policy::hedge::{
     Completion, HedgePlan, HedgeRequest, HedgeStats, Hedger, Suppressed, Winner, is_idempotent,
 };
+use weft_policy::ratelimit::TokenBucket;
 use weft_policy::retry::{FailedAttempt, GiveUp, RetryDecision, RetryPolicy, RetryStats};
 use weft_policy::rng::ThreadRng;
 
@@ -70,6 +71,7 @@ pub struct RoutePolicy {
     max_body: usize,
     admission: Option<AdmissionSettings>,
     fault: Option<FaultSettings>,
+    limiter: Option<TokenBucket>,
     /// Counter values already exported to Prometheus.
     synced: Mutex<(RetryStats, HedgeStats)>,
 }
@@ -105,6 +107,12 @@ impl RoutePolicy {
             budget,
             admission: s.admission.clone(),
             fault: s.fault.clone(),
+            limiter: match &s.rate_limit {
+                Some(c) => {
+                    Some(TokenBucket::new(c.clone()).map_err(|e| format!("rateLimit.local: {e}"))?)
+                }
+                None => None,
+            },
             synced: Mutex::default(),
         })
     }
@@ -116,6 +124,10 @@ impl RoutePolicy {
 
     pub fn admission(&self) -> Option<&AdmissionSettings> {
         self.admission.as_ref()
+    }
+
+    pub fn limiter(&self) -> Option<&TokenBucket> {
+        self.limiter.as_ref()
     }
 
     pub fn fault(&self) -> Option<&FaultSettings> {

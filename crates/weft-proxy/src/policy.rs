@@ -26,6 +26,7 @@ use weft_policy::health::{
 };
 use weft_policy::hedge::{HedgeConfig, HedgeDelay};
 use weft_policy::latency::{Algorithm, LatencyConfig, Locality, SlowStart};
+use weft_policy::ratelimit::TokenBucketConfig;
 use weft_policy::retry::RetryConfig;
 use weft_xds::envoy_types::pb::envoy::config::core::v3::Metadata;
 use weft_xds::envoy_types::pb::google::protobuf::value::Kind;
@@ -228,6 +229,8 @@ pub struct RouteSettings {
     pub budget: BudgetConfig,
     pub admission: Option<AdmissionSettings>,
     pub fault: Option<FaultSettings>,
+    /// A local token bucket for the rule's requests from this proxy.
+    pub rate_limit: Option<TokenBucketConfig>,
 }
 
 impl RouteSettings {
@@ -316,9 +319,22 @@ impl RouteSettings {
                 })
             }
         };
+        let rate_limit = match s.rate_limit.as_ref().and_then(|r| r.local.as_ref()) {
+            None => None,
+            Some(l) => {
+                let cfg = TokenBucketConfig {
+                    requests_per_second: l.requests_per_second,
+                    burst: l.burst,
+                };
+                cfg.validate()
+                    .map_err(|e| format!("rateLimit.local: {e}"))?;
+                Some(cfg)
+            }
+        };
         Ok(Self {
             admission,
             fault,
+            rate_limit,
             codes,
             retry_non_idempotent: s.retry.as_ref().is_some_and(|r| r.non_idempotent),
             retry,

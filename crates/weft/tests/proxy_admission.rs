@@ -145,3 +145,46 @@ async fn faults_hit_only_requests_with_the_header() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_local_rate_limit_answers_429_with_when_to_come_back() {
+    let a = app("a", &[]).await;
+    let dir = config_dir(&[
+        (
+            "svc.yaml",
+            &service("catalog", "http", &[(a.addr, 1)], None),
+        ),
+        (
+            "p.yaml",
+            &policy("  rateLimit: {local: {requestsPerSecond: 2, burst: 3}}\n"),
+        ),
+    ]);
+    let p = proxy(dir.path(), "frontend", None, &[]).await;
+    let client = HttpClient::http1();
+    let mut ok = 0;
+    let mut limited = Vec::new();
+    for _ in 0..10 {
+        let r = client.get(p.outbound, "catalog", "/").await.unwrap();
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => limited.push(r),
+            s => panic!("status {s}"),
+        }
+    }
+    // A burst of 3, then 2/s: ten quick requests get 3 (or 4 if a token
+    // came back meanwhile).
+    assert!((3..=4).contains(&ok), "{ok} allowed");
+    let r = &limited[0];
+    assert_eq!(r.header("weft-error"), Some("rate-limited"));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert!(
+        r.header("retry-after")
+            .is_some_and(|v| v.parse::<u64>().unwrap() >= 1)
+    );
+    assert_eq!(
+        p.metric("weft_admission_refused_total", &["reason=\"rate_limited\""])
+            .await as usize,
+        limited.len()
+    );
+}

@@ -442,8 +442,8 @@ fn flow_sections_load_with_their_defaults() {
     let w = c.not_yet_enforced();
     assert!(
         w.len() == 2
-            && w[0].contains("admission, fault: enforced by weft proxies")
-            && w[1].contains("rateLimit, deadline: validated, not applied"),
+            && w[0].contains("admission, rateLimit, fault: enforced by weft proxies")
+            && w[1].contains("deadline: validated, not applied"),
         "{w:?}"
     );
     // The JSON the control plane sends proxies round-trips.
