@@ -75,7 +75,11 @@ pub struct Resource {
 impl Resource {
     /// Encodes `message` as a resource of type `type_url` named `name`.
     pub fn new(type_url: TypeUrl, name: impl Into<String>, message: &impl Message) -> Self {
-        let value = message.encode_to_vec();
+        Resource::from_encoded(type_url, name, message.encode_to_vec())
+    }
+
+    /// A resource of type `type_url` named `name` from its encoded bytes.
+    pub fn from_encoded(type_url: TypeUrl, name: impl Into<String>, value: Vec<u8>) -> Self {
         let version = format!("{:016x}", digest(&value));
         Resource {
             type_url,

@@ -37,6 +37,8 @@ use weft_test_support::{HttpClient, TempDir, WeftProcess, free_port, tcp_echo_se
 use weft_xds::translate::{TranslateOptions, Translator};
 use weft_xds::{DataPlane, NodeInfo, ResourceSet, TypeUrl};
 
+const FAULT: &str = "envoy.filters.http.fault";
+const LOCAL_RATE_LIMIT: &str = "envoy.filters.http.local_ratelimit";
 const HCM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 
 fn envoy() -> Option<PathBuf> {
@@ -160,6 +162,38 @@ fn check_route_policies(set: &ResourceSet) -> anyhow::Result<()> {
                 .is_some_and(|r| r.retry_on == "retriable-status-codes"),
         "alpha-routes/5: {hedged:?}"
     );
+    // Issue 6: the fault and local rate limit filters before the router,
+    // and their per-route configs on the rules with those sections only.
+    let l: Listener = decode(
+        &set.get(TypeUrl::Listener, "outbound")
+            .context("no outbound listener")?
+            .body,
+    );
+    let Some(filter::ConfigType::TypedConfig(any)) = &l.filter_chains[0].filters[0].config_type
+    else {
+        bail!("outbound: no HCM config");
+    };
+    let hcm: HttpConnectionManager = decode(any);
+    let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+    anyhow::ensure!(
+        names == [FAULT, LOCAL_RATE_LIMIT, "envoy.filters.http.router"],
+        "outbound filters: {names:?}"
+    );
+    let filters = |route: &str| -> anyhow::Result<Vec<String>> {
+        let r = rc
+            .virtual_hosts
+            .iter()
+            .flat_map(|v| &v.routes)
+            .find(|r| r.name == route)
+            .with_context(|| format!("no route {route}"))?;
+        let mut names: Vec<String> = r.typed_per_filter_config.keys().cloned().collect();
+        names.sort();
+        Ok(names)
+    };
+    anyhow::ensure!(filters("alpha-routes/6")? == [FAULT]);
+    anyhow::ensure!(filters("alpha-routes/7")? == [LOCAL_RATE_LIMIT]);
+    anyhow::ensure!(filters("alpha-routes/8")? == [FAULT, LOCAL_RATE_LIMIT]);
+    anyhow::ensure!(filters("alpha-routes/5")?.is_empty());
     Ok(())
 }
 
@@ -393,6 +427,32 @@ spec:
   hedging: {{delay: 100ms}}
 ---
 apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: alpha-fault}}
+spec:
+  targetRefs: [{{kind: HTTPRoute, name: alpha-routes, sectionName: faulty}}]
+  fault:
+    delay: {{fixed: 20ms, percent: 100}}
+    abort: {{httpStatus: 418, percent: 100}}
+    headers: [{{name: x-chaos, value: "on"}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: alpha-limit}}
+spec:
+  targetRefs: [{{kind: HTTPRoute, name: alpha-routes, sectionName: limited}}]
+  rateLimit: {{local: {{requestsPerSecond: 0.2, burst: 2}}}}
+  admission: {{dropRatio: 0.5, dryRun: true}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {{name: alpha-drop}}
+spec:
+  targetRefs: [{{kind: HTTPRoute, name: alpha-routes, sectionName: dropped}}]
+  admission: {{dropRatio: 1}}
+  rateLimit: {{local: {{requestsPerSecond: 1000, burst: 100}}}}
+---
+apiVersion: weft.dev/v1alpha1
 kind: Service
 metadata: {{name: empty}}
 spec:
@@ -416,6 +476,15 @@ spec:
   - backendRefs: [{{name: alpha}}]
   - name: hedged
     matches: [{{path: {{type: PathPrefix, value: /hedge}}}}]
+    backendRefs: [{{name: alpha}}]
+  - name: faulty
+    matches: [{{path: {{type: PathPrefix, value: /fault}}}}]
+    backendRefs: [{{name: alpha}}]
+  - name: limited
+    matches: [{{path: {{type: PathPrefix, value: /limited}}}}]
+    backendRefs: [{{name: alpha}}]
+  - name: dropped
+    matches: [{{path: {{type: PathPrefix, value: /dropped}}}}]
     backendRefs: [{{name: alpha}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -608,6 +677,47 @@ async fn envoy_accepts_and_routes_the_sidecar_form() -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
+
+    // Issue 6. The fault: only requests with `x-chaos: on`, delayed, then
+    // aborted with 418.
+    assert_eq!(get("alpha", "/fault").await?.text(), "alpha HTTP/1.1");
+    let chaos = Request::get("/fault")
+        .header("host", "alpha")
+        .header("x-chaos", "on")
+        .body(Full::default())?;
+    let started = std::time::Instant::now();
+    let r = client.send_to(outbound, chaos).await?;
+    assert_eq!(r.status, StatusCode::IM_A_TEAPOT);
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    // A drop ratio of 1: every request answered 503 (the rate limit there
+    // is far above this test's rate).
+    for _ in 0..5 {
+        let r = get("alpha", "/dropped").await?;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // The local rate limit: a burst of 2, then 429 (one token per 5 s);
+    // the dry-run drop ratio drops nothing.
+    let limited = [
+        get("alpha", "/limited").await?,
+        get("alpha", "/limited").await?,
+        get("alpha", "/limited").await?,
+    ];
+    assert_eq!(limited[0].text(), "alpha HTTP/1.1");
+    assert_eq!(limited[1].text(), "alpha HTTP/1.1");
+    assert_eq!(limited[2].status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        limited[0]
+            .headers
+            .get("x-ratelimit-limit")
+            .map(|v| v.to_str().unwrap_or_default().to_owned()),
+        Some("2".into()),
+        "{:?}",
+        limited[0].headers
+    );
+    // Other routes are not limited.
+    for _ in 0..5 {
+        assert_eq!(get("alpha", "/other").await?.text(), "alpha HTTP/1.1");
+    }
 
     // The split: 1:1 between alpha and beta, weight-0 omega never.
     let (mut alpha, mut beta) = (0, 0);

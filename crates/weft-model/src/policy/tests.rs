@@ -443,6 +443,7 @@ fn flow_sections_load_with_their_defaults() {
     assert!(
         w.len() == 2
             && w[0].contains("admission, rateLimit, fault: enforced by weft proxies")
+            && w[0].contains("Envoy nodes get the fault and local rate limit filters")
             && w[1].contains("deadline: validated, not applied"),
         "{w:?}"
     );

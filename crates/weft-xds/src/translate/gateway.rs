@@ -14,6 +14,7 @@ use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost}
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::StripPortMode;
 use weft_model::{Gateway, GatewayListener};
 
+use super::flow::{PolicyFilters, route_config_resource};
 use super::names::gateway_listener_name;
 use super::proto::{
     HCM_FILTER, Routes, any, http_connection_manager, network_filter, socket_address,
@@ -32,8 +33,8 @@ pub(super) struct GatewayPieces {
 
 impl Translator {
     /// Everything a node running Gateway `index` receives.
-    pub(super) fn gateway_resources(&self, index: usize) -> ResourceSet {
-        let pieces = self.gateway_pieces(index);
+    pub(super) fn gateway_resources(&self, index: usize, filters: PolicyFilters) -> ResourceSet {
+        let pieces = self.gateway_pieces(index, filters);
         let mut set = ResourceSet::default();
         for r in &pieces.resources {
             set.insert_shared(r.clone());
@@ -42,20 +43,16 @@ impl Translator {
         set
     }
 
-    fn gateway_pieces(&self, index: usize) -> Arc<GatewayPieces> {
-        self.gateways.get_or_insert_with(index, || {
+    fn gateway_pieces(&self, index: usize, filters: PolicyFilters) -> Arc<GatewayPieces> {
+        self.gateways.get_or_insert_with((index, filters), || {
             let gw = &self.config.gateways[index];
             let mut resources = Vec::with_capacity(gw.listeners.len() * 2);
             let mut clusters = Vec::new();
             for l in &gw.listeners {
                 let name = gateway_listener_name(gw, l);
                 let rc = self.gateway_route_config(gw, l, &name, &mut clusters);
-                resources.push(Arc::new(Resource::new(
-                    TypeUrl::RouteConfiguration,
-                    name.clone(),
-                    &rc,
-                )));
-                resources.push(Arc::new(gateway_listener(gw, l, name)));
+                resources.push(Arc::new(route_config_resource(name.clone(), &rc)));
+                resources.push(Arc::new(gateway_listener(gw, l, name, filters)));
             }
             Arc::new(GatewayPieces {
                 resources,
@@ -100,8 +97,14 @@ impl Translator {
 /// `gateway|NAME.NAMESPACE|LISTENER` on every address of the Gateway at the
 /// listener's port. The `Host` port is ignored when matching hostnames, as
 /// Gateway API requires.
-fn gateway_listener(gw: &Gateway, l: &GatewayListener, name: String) -> Resource {
+fn gateway_listener(
+    gw: &Gateway,
+    l: &GatewayListener,
+    name: String,
+    filters: PolicyFilters,
+) -> Resource {
     let mut hcm = http_connection_manager(&name, Routes::Rds(name.clone()));
+    hcm.http_filters = filters.http_filters();
     hcm.strip_port_mode = Some(StripPortMode::StripAnyHostPort(true));
     let mut addrs = gw.addresses.iter().map(|ip| SocketAddr::new(*ip, l.port));
     let first = addrs

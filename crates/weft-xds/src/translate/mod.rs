@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | Cluster, ClusterLoadAssignment | `NAME.NAMESPACE:PORT` | one per Service port (HTTP and tcp); `type: EDS` over ADS, round robin unless the Service's TrafficPolicy says otherwise (see `policy`; routes take their rule's policy, see `route_policy`); HTTP/2 upstream for `http2`/`grpc` ports |
 //! | Cluster | `inbound\|NAME.NAMESPACE` | sidecars: the local app, `STATIC` at `127.0.0.1:PORT` |
-//! | Listener | `outbound` | sidecars: `127.0.0.1:<outbound_port>`, HTTP, RDS `outbound` |
+//! | Listener | `outbound` | sidecars: `127.0.0.1:<outbound_port>`, HTTP, RDS `outbound`; on Envoy nodes the fault and local rate limit filters before the router when a TrafficPolicy needs them (see `flow`), so Envoy and weft nodes may get different listeners (also `vip\|...` and `gateway\|...`) |
 //! | RouteConfiguration | `outbound` | sidecars: one virtual host `NAME.NAMESPACE:PORT` per in-scope Service HTTP port |
 //! | Listener | `inbound` | sidecars of a Service: `127.0.0.1:<inbound_port>` -> `inbound\|NAME.NAMESPACE` |
 //! | Listener, RouteConfiguration | `vip\|IP:PORT` | sidecars: one per port of a Service with a `vip`, bound on that address (`vip\|[::1]:80` for IPv6); tcp ports have no route config |
@@ -65,6 +65,7 @@
 //! over to the next generation.
 
 mod cluster;
+mod flow;
 mod gateway;
 mod grpc;
 mod memo;
@@ -91,6 +92,7 @@ pub use names::{
 };
 pub use policy::{POLICY_JSON_FIELD, POLICY_METADATA_KEY};
 
+use flow::PolicyFilters;
 use memo::Memo;
 
 /// Settings that aren't in the config documents.
@@ -245,14 +247,17 @@ pub struct Translator {
     route_configs: Memo<(Flavor, String, Vec<usize>), Arc<Resource>>,
     grpc_route_configs: Memo<PortRef, Arc<Resource>>,
     grpc_listeners: Memo<(usize, bool), Arc<[Arc<Resource>]>>,
-    gateways: Memo<usize, Arc<gateway::GatewayPieces>>,
-    vips: Memo<usize, Arc<[Arc<Resource>]>>,
+    gateways: Memo<(usize, PolicyFilters), Arc<gateway::GatewayPieces>>,
+    vips: Memo<(usize, PolicyFilters), Arc<[Arc<Resource>]>>,
     inbound: Memo<usize, Arc<[Arc<Resource>]>>,
-    outbound_listener: Memo<(), Arc<Resource>>,
+    outbound_listener: Memo<PolicyFilters, Arc<Resource>>,
+    /// The policy filters of Envoy nodes' HTTP listeners (`flow`).
+    envoy_filters: PolicyFilters,
 }
 
 impl Translator {
     pub fn new(config: Arc<Config>, opts: TranslateOptions) -> Translator {
+        let envoy_filters = PolicyFilters::for_envoy(&config);
         Translator {
             config,
             opts,
@@ -266,6 +271,7 @@ impl Translator {
             vips: Memo::default(),
             inbound: Memo::default(),
             outbound_listener: Memo::default(),
+            envoy_filters,
         }
     }
 
@@ -311,14 +317,19 @@ impl Translator {
     /// Everything `node` should receive. Nodes with the same kind and
     /// `cluster` receive the same set.
     pub fn resources_for(&self, node: &NodeInfo) -> ResourceSet {
+        // weft nodes take the router only: they read the policy metadata.
+        let filters = match node.kind {
+            DataPlane::Envoy => self.envoy_filters,
+            DataPlane::Weft | DataPlane::Grpc => PolicyFilters::default(),
+        };
         match workload(&self.config, node) {
-            Workload::Gateway { gateway } => self.gateway_resources(gateway),
+            Workload::Gateway { gateway } => self.gateway_resources(gateway, filters),
             Workload::Sidecar { namespace, service } => {
                 let scope = services_in_scope(&self.config, node);
                 match node.kind {
                     DataPlane::Grpc => self.grpc_resources(namespace, &scope),
                     DataPlane::Envoy | DataPlane::Weft => {
-                        self.sidecar_resources(namespace, service, &scope)
+                        self.sidecar_resources(namespace, service, &scope, filters)
                     }
                 }
             }

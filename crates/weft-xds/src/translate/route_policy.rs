@@ -61,7 +61,14 @@
 //!
 //! Every route whose rule has a policy also carries the merged sections as
 //! JSON, like clusters (`policy::insert_metadata`): weft proxies read
-//! `retry`, `hedging`, `budget` and `failureCodes` from there.
+//! `retry`, `hedging`, `budget` and `failureCodes` from there, and issue 6's
+//! `admission`, `rateLimit`, `fault` and `deadline`.
+//!
+//! Issue 6 sections on Envoy (the rows and what Envoy cannot do are in
+//! `flow`): `fault` and `admission.dropRatio` become the route's
+//! `typed_per_filter_config["envoy.filters.http.fault"]`, `rateLimit.local`
+//! its `typed_per_filter_config["envoy.filters.http.local_ratelimit"]`, and
+//! Envoy listeners get those filters before the router.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -133,9 +140,13 @@ pub(super) fn rule_policy(
 }
 
 /// Applies a rule's effective policy to its Envoy route: retries and hedges
-/// on the route action, the whole policy in the route's metadata.
+/// on the route action, faults and local rate limits as per-filter configs
+/// (proxies only), the whole policy in the route's metadata.
 pub(super) fn apply(r: &mut Route, sections: &PolicySections, flavor: Flavor) {
     super::policy::insert_metadata(&mut r.metadata, sections);
+    if flavor == Flavor::Sidecar {
+        super::flow::apply(r, sections);
+    }
     let Some(route::Action::Route(action)) = &mut r.action else {
         return;
     };

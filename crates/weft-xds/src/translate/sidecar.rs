@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpPro
 use weft_model::Service;
 
 use super::cluster::{inbound_cluster, inbound_port};
+use super::flow::{PolicyFilters, route_config_resource};
 use super::names::{
     INBOUND_LISTENER, OUTBOUND_LISTENER, OUTBOUND_ROUTE_CONFIG, authorities, cluster_name,
     inbound_cluster_name, vip_listener_name,
@@ -34,9 +35,10 @@ impl Translator {
         namespace: &str,
         own: Option<usize>,
         scope: &[usize],
+        filters: PolicyFilters,
     ) -> ResourceSet {
         let mut set = ResourceSet::default();
-        set.insert_shared(self.outbound_listener());
+        set.insert_shared(self.outbound_listener(filters));
         set.insert_shared(self.outbound_route_config(namespace, scope));
         let mut ports: Vec<PortRef> = Vec::new();
         for &index in scope {
@@ -46,7 +48,7 @@ impl Translator {
                 ports.extend(&self.port_routes((index, p.port), Flavor::Sidecar).clusters);
             }
             if svc.vip.is_some() {
-                for r in self.vip_resources(index).iter() {
+                for r in self.vip_resources(index, filters).iter() {
                     set.insert_shared(r.clone());
                 }
             }
@@ -60,12 +62,13 @@ impl Translator {
         set
     }
 
-    fn outbound_listener(&self) -> Arc<Resource> {
-        self.outbound_listener.get_or_insert_with((), || {
-            let hcm = http_connection_manager(
+    fn outbound_listener(&self, filters: PolicyFilters) -> Arc<Resource> {
+        self.outbound_listener.get_or_insert_with(filters, || {
+            let mut hcm = http_connection_manager(
                 OUTBOUND_LISTENER,
                 Routes::Rds(OUTBOUND_ROUTE_CONFIG.into()),
             );
+            hcm.http_filters = filters.http_filters();
             let listener = listener(
                 OUTBOUND_LISTENER.into(),
                 SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.opts.outbound_port),
@@ -108,19 +111,15 @@ impl Translator {
                 virtual_hosts,
                 ..Default::default()
             };
-            Arc::new(Resource::new(
-                TypeUrl::RouteConfiguration,
-                OUTBOUND_ROUTE_CONFIG,
-                &rc,
-            ))
+            Arc::new(route_config_resource(OUTBOUND_ROUTE_CONFIG, &rc))
         })
     }
 
     /// `vip|IP:PORT` per port of a Service with a VIP: HTTP ports through the
     /// port's routes (RDS of the same name, so a route change does not
     /// rebuild the listener), tcp ports straight to the port's cluster.
-    fn vip_resources(&self, index: usize) -> Arc<[Arc<Resource>]> {
-        self.vips.get_or_insert_with(index, || {
+    fn vip_resources(&self, index: usize, filters: PolicyFilters) -> Arc<[Arc<Resource>]> {
+        self.vips.get_or_insert_with((index, filters), || {
             let svc = &self.config.services[index];
             let Some(ip) = svc.vip else {
                 return Arc::from([]);
@@ -143,12 +142,9 @@ impl Translator {
                         }],
                         ..Default::default()
                     };
-                    out.push(Arc::new(Resource::new(
-                        TypeUrl::RouteConfiguration,
-                        name.clone(),
-                        &rc,
-                    )));
-                    let hcm = http_connection_manager(&name, Routes::Rds(name.clone()));
+                    out.push(Arc::new(route_config_resource(name.clone(), &rc)));
+                    let mut hcm = http_connection_manager(&name, Routes::Rds(name.clone()));
+                    hcm.http_filters = filters.http_filters();
                     network_filter(HCM_FILTER, any(&hcm))
                 } else {
                     network_filter(TCP_PROXY_FILTER, any(&tcp_proxy(&name, svc, p.port)))

@@ -25,6 +25,7 @@ use weft_model::Config;
 use super::*;
 use crate::resource::TypeUrl;
 
+mod flow;
 mod gateway;
 mod grpc;
 mod policy;
