@@ -3,6 +3,8 @@
 # (machines are noisy: compare within one run). Not part of CI.
 #
 # usage: scripts/bench-ab.sh OLD_WEFT NEW_WEFT [ROUNDS]
+#   NEW_POLICY=FILE: the NEW runs also get FILE (e.g. a TrafficPolicy on Service `upstream`) in
+#   their config dir, so one binary against itself measures what a policy's layers cost
 #   e.g. git worktree add /tmp/old <commit>
 #        (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p weft)
 #        scripts/bench-ab.sh /tmp/old-target/release/weft target/release/weft 2
@@ -29,6 +31,9 @@ run() { # BIN PROTO: prints one result line
     cfg=$(mktemp -d "$W/cfg.XXXX")
     printf 'apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: upstream}\nspec:\n  ports: [{port: 8080, protocol: %s}]\n  endpoints: [{address: "127.0.0.1:%s"}]\n' \
         "$wproto" "$APP_PORT" >"$cfg/u.yaml"
+    if [[ $3 == new && -n ${NEW_POLICY:-} ]]; then
+        cp "$NEW_POLICY" "$cfg/policy.yaml"
+    fi
     taskset -c 1 "$bin" proxy --config "$cfg" --service bench --outbound "127.0.0.1:$PORT" \
         --inbound 127.0.0.1:47101 --admin 127.0.0.1:47102 --workers 1 >/dev/null 2>&1 &
     p=$!
