@@ -444,19 +444,6 @@ impl crate::Config {
                     weft_only.join(", ")
                 ));
             }
-            let pending: Vec<&str> = [(s.deadline.is_some(), "deadline")]
-                .iter()
-                .filter(|(set, _)| *set)
-                .map(|(_, n)| *n)
-                .collect();
-            if !pending.is_empty() {
-                out.push(format!(
-                    "TrafficPolicy {}/{} sets {}: validated, not applied yet (weft proxies propagate deadlines with a 1 ms margin whatever the policy; issue 6 in progress)",
-                    p.namespace,
-                    p.name,
-                    pending.join(", ")
-                ));
-            }
         }
         out
     }

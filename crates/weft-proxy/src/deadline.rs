@@ -46,6 +46,39 @@ impl RequestDeadline {
         grpc: bool,
         metrics: &ProxyMetrics,
     ) -> Result<Self, ProxyError> {
+        Self::read_with(
+            headers,
+            route_timeout,
+            route_timeout_set,
+            start,
+            grpc,
+            metrics,
+            (true, DEFAULT_MARGIN),
+        )
+    }
+
+    /// [`read`](Self::read) with a policy's `deadline` section: `propagate:
+    /// false` leaves the caller's headers alone (neither read nor
+    /// rewritten; the route timeout still bounds the wait); `margin` is taken
+    /// off on each hop.
+    pub fn read_with(
+        headers: &HeaderMap,
+        route_timeout: Option<Duration>,
+        route_timeout_set: bool,
+        start: Instant,
+        grpc: bool,
+        metrics: &ProxyMetrics,
+        (propagate, margin): (bool, Duration),
+    ) -> Result<Self, ProxyError> {
+        if !propagate {
+            return Ok(Self {
+                deadline: Deadline::effective(clock::at(start), route_timeout, None),
+                announce: false,
+                present: false,
+                margin,
+                grpc,
+            });
+        }
         // Pre-parsed names: a `&str` lookup would parse and hash the name
         // three times per request.
         static NAMES: [HeaderName; 3] = [
@@ -65,7 +98,7 @@ impl RequestDeadline {
             deadline: Deadline::effective(clock::at(start), route_timeout, read.deadline),
             announce: read.deadline.is_some() || (route_timeout_set && route_timeout.is_some()),
             present: read.deadline.is_some() || !read.malformed.is_empty(),
-            margin: DEFAULT_MARGIN,
+            margin,
             grpc,
         };
         if read.deadline.is_some_and(|c| c.remaining <= d.margin) {

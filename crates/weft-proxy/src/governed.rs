@@ -72,6 +72,7 @@ pub struct RoutePolicy {
     admission: Option<AdmissionSettings>,
     fault: Option<FaultSettings>,
     limiter: Option<TokenBucket>,
+    deadline: Option<(bool, Duration)>,
     /// Counter values already exported to Prometheus.
     synced: Mutex<(RetryStats, HedgeStats)>,
 }
@@ -105,6 +106,7 @@ impl RoutePolicy {
             hedge,
             hedge_non_idempotent: s.hedge_non_idempotent,
             budget,
+            deadline: s.deadline,
             admission: s.admission.clone(),
             fault: s.fault.clone(),
             limiter: match &s.rate_limit {
@@ -124,6 +126,11 @@ impl RoutePolicy {
 
     pub fn admission(&self) -> Option<&AdmissionSettings> {
         self.admission.as_ref()
+    }
+
+    /// The `deadline` section: (propagate, margin).
+    pub fn deadline(&self) -> Option<(bool, Duration)> {
+        self.deadline
     }
 
     pub fn limiter(&self) -> Option<&TokenBucket> {

@@ -103,13 +103,19 @@ pub async fn handle(
     };
 
     // 3. deadline: the caller's and the route's
-    let deadline = match RequestDeadline::read(
+    let deadline_policy = rule
+        .policy
+        .as_ref()
+        .and_then(|p| p.deadline())
+        .unwrap_or((true, weft_policy::deadline::DEFAULT_MARGIN));
+    let deadline = match RequestDeadline::read_with(
         &parts.headers,
         rule.timeout,
         rule.timeout_set,
         start,
         grpc,
         &shared.metrics,
+        deadline_policy,
     ) {
         Ok(d) => d,
         Err(err) => return Ok(shared.finish(&rule.stats, Err(err), grpc, start)),

@@ -231,6 +231,8 @@ pub struct RouteSettings {
     pub fault: Option<FaultSettings>,
     /// A local token bucket for the rule's requests from this proxy.
     pub rate_limit: Option<TokenBucketConfig>,
+    /// The `deadline` section: (propagate, margin).
+    pub deadline: Option<(bool, Duration)>,
 }
 
 impl RouteSettings {
@@ -332,6 +334,7 @@ impl RouteSettings {
             }
         };
         Ok(Self {
+            deadline: s.deadline.as_ref().map(|d| (d.propagate, d.margin)),
             admission,
             fault,
             rate_limit,

@@ -127,3 +127,36 @@ async fn malformed_deadlines_are_ignored_and_counted() {
     assert_eq!(r.header("weft-error"), Some("deadline-exceeded"));
     assert_eq!(app_stats(a.addr).await["requests"].as_u64(), Some(3));
 }
+
+/// A policy's `deadline` section: a larger margin per hop, or no
+/// propagation at all (the caller's headers pass through untouched).
+#[tokio::test]
+async fn a_policy_sets_the_margin_or_turns_propagation_off() {
+    let a = app("a", &[]).await;
+    for (section, want) in [("{margin: 30ms}", 1000 - 30), ("{propagate: false}", 1000)] {
+        let policy = format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: d}}\nspec:\n  targetRefs: [{{kind: Service, name: a}}]\n  deadline: {section}\n"
+        );
+        let dir = config_dir(&[
+            ("a.yaml", &service("a", "http", &[(a.addr, 1)], None)),
+            ("p.yaml", &policy),
+        ]);
+        let p = proxy(dir.path(), "edge", None, &[]).await;
+        let req = Request::get("/")
+            .header("host", "a")
+            .header("x-weft-deadline-ms", "1000")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let r = HttpClient::http1().send_to(p.outbound, req).await.unwrap();
+        assert_eq!(r.status, 200);
+        let seen = app_stats(a.addr).await["last_deadline_ms"]
+            .as_u64()
+            .unwrap();
+        if section.contains("propagate") {
+            assert_eq!(seen, want, "untouched");
+        } else {
+            // What is left after the margin, less the hop's own time.
+            assert!(seen <= want && seen + 100 > want, "{section}: saw {seen}");
+        }
+    }
+}

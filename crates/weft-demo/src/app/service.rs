@@ -190,9 +190,6 @@ impl Shared {
             .get(DEADLINE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(ms) = deadline {
-            self.last_deadline_ms.store(ms, Ordering::Relaxed);
-        }
         let deadline = deadline.map(|ms| (std::time::Duration::from_millis(ms), received));
         if !draw.delay.is_zero() {
             super::timer::sleep(draw.delay).await;
@@ -338,6 +335,14 @@ impl Service<Request<Incoming>> for AppService {
             return AppFuture::Later(Box::pin(fault_api::answer(Arc::clone(shared), req)));
         }
         shared.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(ms) = req
+            .headers()
+            .get(DEADLINE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            shared.last_deadline_ms.store(ms, Ordering::Relaxed);
+        }
         let (draw, biz_error) = self.draw();
         if draw.slow {
             shared.slow.fetch_add(1, Ordering::Relaxed);

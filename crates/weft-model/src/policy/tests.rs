@@ -441,10 +441,9 @@ fn flow_sections_load_with_their_defaults() {
     );
     let w = c.not_yet_enforced();
     assert!(
-        w.len() == 2
+        w.len() == 1
             && w[0].contains("admission, rateLimit, fault: enforced by weft proxies")
-            && w[0].contains("Envoy nodes get the fault and local rate limit filters")
-            && w[1].contains("deadline: validated, not applied"),
+            && w[0].contains("Envoy nodes get the fault and local rate limit filters"),
         "{w:?}"
     );
     // The JSON the control plane sends proxies round-trips.
