@@ -125,3 +125,28 @@ EOF
     nginx -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" || die "stand-in nginx config invalid ($d/nginx.conf)"
     start_bg "$logf" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
 }
+
+envoy_bootstrap_head() { # ADMIN_PORT LISTEN_PORT: an Envoy bootstrap up to one virtual host's
+    # `domains: ["*"]` (one HTTP listener, codec AUTO); the caller goes on with `routes:`
+    cat <<EOF
+node: {id: bench, cluster: bench}
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $1}}
+static_resources:
+  listeners:
+  - name: bench
+    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+EOF
+}

@@ -465,26 +465,8 @@ start_proxy() {
         P_PID=$BG_PID
     else
         {
+            envoy_bootstrap_head "$admin" "$P_PORT"
             cat <<EOF
-node: {id: bench, cluster: bench}
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
-static_resources:
-  listeners:
-  - name: bench
-    address: {socket_address: {address: 127.0.0.1, port_value: $P_PORT}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          codec_type: AUTO
-          route_config:
-            name: bench
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
               routes:
               - match: {prefix: "/"}
                 route:

@@ -314,26 +314,9 @@ EOF
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {http2_protocol_options: {}}'
         fi
-        cat >"$T_DIR/envoy.yaml" <<EOF
-node: {id: bench, cluster: bench}
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
-static_resources:
-  listeners:
-  - name: bench
-    address: {socket_address: {address: 127.0.0.1, port_value: $port}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          codec_type: AUTO
-          route_config:
-            name: bench
-            virtual_hosts:
-            - name: all
-              domains: ["*"]
+        {
+            envoy_bootstrap_head "$admin" "$port"
+            cat <<EOF
               routes: [{match: {prefix: "/"}, route: {cluster: upstream}}]
           http_filters:
           - name: envoy.filters.http.router
@@ -348,6 +331,7 @@ static_resources:
       - lb_endpoints:
         - endpoint: {address: {socket_address: {address: $up_host, port_value: $up_port}}}
 EOF
+        } >"$T_DIR/envoy.yaml"
         start_bg "$logf" "$ENVOY" -c "$T_DIR/envoy.yaml" --concurrency "$WORKERS" \
             --disable-hot-restart -l warning
         T_PID=$BG_PID

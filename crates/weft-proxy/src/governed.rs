@@ -141,10 +141,6 @@ impl RoutePolicy {
         self.fault.as_ref()
     }
 
-    pub fn hedger(&self) -> Option<&Hedger> {
-        self.hedge.as_ref()
-    }
-
     /// Copies the cores' counters into Prometheus (called periodically).
     pub fn export(&self, m: &PolicyMetrics, now: Duration) {
         let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());

@@ -226,18 +226,22 @@ async fn backups_cut_the_tail_of_a_slow_endpoint() {
     assert_eq!(counts.get("slow"), None, "{counts:?}");
     let p100 = percentile(&rs, 100.0);
     assert!(p100 < Duration::from_millis(200), "slowest {p100:?}");
-    let sent = p.metric("weft_hedges_total", &["reason=\"sent\""]).await;
+    // Every request round robin gave the slow endpoint was won by a backup;
+    // the counters are exported on the next 200 ms tick.
+    let slow_share = rs.len() as f64 / 3.0;
     wait_until(
         "hedge counters exported",
         Duration::from_secs(5),
         || async {
             let won = p.metric("weft_hedges_total", &["reason=\"won\""]).await;
-            (won >= 20.0).then_some(())
+            (won >= slow_share * 0.6).then_some(())
         },
     )
     .await
     .unwrap();
-    assert!(sent >= 20.0 || p.metric("weft_hedges_total", &["reason=\"sent\""]).await >= 20.0);
+    let sent = p.metric("weft_hedges_total", &["reason=\"sent\""]).await;
+    let won = p.metric("weft_hedges_total", &["reason=\"won\""]).await;
+    assert!(sent >= won, "sent {sent}, won {won}");
 }
 
 #[tokio::test]
