@@ -30,10 +30,10 @@ pub use grpc_route::{
 pub use load::{load_dir, load_documents, load_str};
 pub use policy::{
     AbortStatus, Admission, BalancerKind, Budget, CodeValue, Deadline, EffectivePolicy,
-    FailureCodes, Fault, FaultAbort, FaultDelay, HeaderCodes, HedgeDelay, Hedging, LoadBalancer,
-    LocalRateLimit, LocalityPreference, OutlierDetection, PolicyScope, PolicySections,
-    PolicyTargetKind, PolicyTargetRef, RateLimit, Retry, Reweighting, SlowStart,
-    SuccessRateEjection, TrafficPolicy,
+    FailureCodes, FailureMode, Fault, FaultAbort, FaultDelay, GlobalRateLimit, HeaderCodes,
+    HedgeDelay, Hedging, LoadBalancer, LocalRateLimit, LocalityPreference, OutlierDetection,
+    PolicyScope, PolicySections, PolicyTargetKind, PolicyTargetRef, RateLimit, RateLimitUnit,
+    Retry, Reweighting, SlowStart, SuccessRateEjection, TrafficPolicy,
 };
 pub use route::{
     BackendRef, HeaderMatch, HeaderMatchType, HttpRoute, HttpRouteMatch, HttpRouteRule,

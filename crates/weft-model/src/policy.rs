@@ -36,7 +36,8 @@ mod spec;
 mod tests;
 
 pub use flow::{
-    AbortStatus, Admission, Deadline, Fault, FaultAbort, FaultDelay, LocalRateLimit, RateLimit,
+    AbortStatus, Admission, Deadline, FailureMode, Fault, FaultAbort, FaultDelay, GlobalRateLimit,
+    LocalRateLimit, RateLimit, RateLimitUnit,
 };
 pub use refs::PolicyScope;
 pub(crate) use refs::check_policies;

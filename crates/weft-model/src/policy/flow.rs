@@ -5,7 +5,9 @@
 //! spec:
 //!   targetRefs: [{kind: Service, name: catalog}]
 //!   admission: {dropRatio: 0.2, dryRun: false, sources: [frontend], deniedSources: [batch]}
-//!   rateLimit: {local: {requestsPerSecond: 100, burst: 20, perSource: true}}
+//!   rateLimit:
+//!     local: {requestsPerSecond: 100, burst: 20, perSource: true}
+//!     global: {requestsPerUnit: 1000, unit: second, failureMode: open}
 //!   fault:
 //!     delay: {fixed: 50ms, percent: 10}
 //!     abort: {httpStatus: 503, percent: 5}      # or grpcStatus: UNAVAILABLE
@@ -38,6 +40,73 @@ pub struct Admission {
 pub struct RateLimit {
     /// A token bucket in each proxy.
     pub local: Option<LocalRateLimit>,
+    /// One limit for every proxy, counted by the rate-limit service.
+    #[serde(default)]
+    pub global: Option<GlobalRateLimit>,
+}
+
+/// A limit shared by all proxies, kept by the rate-limit service (Envoy's
+/// `RateLimitService` protocol) in fixed windows of one `unit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GlobalRateLimit {
+    pub requests_per_unit: u32,
+    pub unit: RateLimitUnit,
+    /// What happens when the counters cannot be reached (the service's
+    /// store, or the service itself).
+    pub failure_mode: FailureMode,
+    /// The counter's name at the service: `<namespace>/<policy name>`. Every
+    /// request the policy covers counts against it.
+    pub descriptor: String,
+}
+
+impl GlobalRateLimit {
+    /// The descriptor entry key under which [`Self::descriptor`] is sent.
+    pub const DESCRIPTOR_KEY: &'static str = "weft-policy";
+    /// The rate-limit domain weft's limits live in.
+    pub const DOMAIN: &'static str = "weft";
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RateLimitUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl RateLimitUnit {
+    pub fn seconds(self) -> u64 {
+        match self {
+            RateLimitUnit::Second => 1,
+            RateLimitUnit::Minute => 60,
+            RateLimitUnit::Hour => 3600,
+            RateLimitUnit::Day => 86_400,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateLimitUnit::Second => "second",
+            RateLimitUnit::Minute => "minute",
+            RateLimitUnit::Hour => "hour",
+            RateLimitUnit::Day => "day",
+        }
+    }
+}
+
+/// Admit (open) or refuse (closed) when the limit cannot be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailureMode {
+    Open,
+    Closed,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,7 +183,19 @@ pub(super) struct AdmissionSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(super) struct RateLimitSpec {
     local: Option<LocalRateLimitSpec>,
+    global: Option<GlobalRateLimitSpec>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GlobalRateLimitSpec {
+    requests_per_unit: u64,
+    unit: Option<String>,
+    failure_mode: Option<String>,
+}
+
+/// The largest global limit per unit (the protocol's counters are u32).
+const MAX_GLOBAL: u64 = 1_000_000_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -227,7 +308,45 @@ impl AdmissionSpec {
 }
 
 impl RateLimitSpec {
-    pub(super) fn validate(self, f: &mut Fields<'_, '_>) -> RateLimit {
+    /// `descriptor`: the policy's `namespace/name`.
+    pub(super) fn validate(self, f: &mut Fields<'_, '_>, descriptor: &str) -> RateLimit {
+        let global = self.global.map(|g| {
+            let requests_per_unit = match g.requests_per_unit {
+                0 => {
+                    f.add("global.requestsPerUnit", "0 would refuse every request (use admission.dropRatio: 1 for that); use at least 1");
+                    1
+                }
+                n if n > MAX_GLOBAL => {
+                    f.add("global.requestsPerUnit", format!("{n} is above {MAX_GLOBAL}"));
+                    1
+                }
+                n => n as u32,
+            };
+            let unit = match g.unit.as_deref() {
+                None | Some("second") => RateLimitUnit::Second,
+                Some("minute") => RateLimitUnit::Minute,
+                Some("hour") => RateLimitUnit::Hour,
+                Some("day") => RateLimitUnit::Day,
+                Some(u) => {
+                    f.add("global.unit", format!("{u:?} is not a unit: use second, minute, hour or day"));
+                    RateLimitUnit::Second
+                }
+            };
+            let failure_mode = match g.failure_mode.as_deref() {
+                None | Some("open") => FailureMode::Open,
+                Some("closed") => FailureMode::Closed,
+                Some(m) => {
+                    f.add("global.failureMode", format!("{m:?} is not a failure mode: use open (admit when the limit cannot be checked) or closed (refuse)"));
+                    FailureMode::Open
+                }
+            };
+            GlobalRateLimit {
+                requests_per_unit,
+                unit,
+                failure_mode,
+                descriptor: descriptor.to_string(),
+            }
+        });
         let local = self.local.map(|l| {
             let rps = l.requests_per_second;
             let rate_ok = rps.is_finite() && rps > 0.0 && rps <= MAX_RATE;
@@ -257,13 +376,10 @@ impl RateLimitSpec {
                 per_source: l.per_source.unwrap_or(false),
             }
         });
-        if local.is_none() {
-            f.add(
-                "",
-                "rateLimit needs local (global limits come with the rate-limit service)",
-            );
+        if local.is_none() && global.is_none() {
+            f.add("", "rateLimit needs local or global");
         }
-        RateLimit { local }
+        RateLimit { local, global }
     }
 }
 

@@ -330,7 +330,10 @@ impl TrafficPolicySpec {
         let retry = self.retry.map(|s| s.validate(&mut f(p, "retry")));
         let budget = self.budget.map(|s| s.validate(&mut f(p, "budget")));
         let admission = self.admission.map(|s| s.validate(&mut f(p, "admission")));
-        let rate_limit = self.rate_limit.map(|s| s.validate(&mut f(p, "rateLimit")));
+        let descriptor = format!("{namespace}/{name}");
+        let rate_limit = self
+            .rate_limit
+            .map(|s| s.validate(&mut f(p, "rateLimit"), &descriptor));
         let fault = self.fault.map(|s| s.validate(&mut f(p, "fault")));
         let deadline = self.deadline.map(|s| s.validate(&mut f(p, "deadline")));
         let sections = PolicySections {

@@ -533,3 +533,41 @@ fn bad_flow_settings_are_named() {
         );
     }
 }
+
+#[test]
+fn global_rate_limit_is_named_after_its_policy_and_bad_values_are_named() {
+    let ok = r#"
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: shared}
+spec:
+  targetRefs: [{kind: Service, name: catalog}]
+  rateLimit: {global: {requestsPerUnit: 600, unit: minute, failureMode: closed}}
+"#;
+    let config = load(ok).unwrap();
+    let g = config.traffic_policies[0]
+        .sections
+        .rate_limit
+        .as_ref()
+        .unwrap()
+        .global
+        .clone()
+        .unwrap();
+    assert_eq!(g.requests_per_unit, 600);
+    assert_eq!(g.unit, crate::RateLimitUnit::Minute);
+    assert_eq!(g.failure_mode, crate::FailureMode::Closed);
+    assert_eq!(g.descriptor, "default/shared");
+
+    for (spec, want) in [
+        ("{requestsPerUnit: 0}", "global.requestsPerUnit"),
+        ("{requestsPerUnit: 5000000000}", "global.requestsPerUnit"),
+        ("{requestsPerUnit: 10, unit: week}", "global.unit"),
+        ("{requestsPerUnit: 10, failureMode: maybe}", "global.failureMode"),
+    ] {
+        let bad = ok.replace(
+            "{requestsPerUnit: 600, unit: minute, failureMode: closed}",
+            spec,
+        );
+        has(&errors(&bad), &[want]);
+    }
+}
