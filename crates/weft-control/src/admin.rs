@@ -17,6 +17,7 @@ impl AdminEndpoints for Control {
     fn metrics(&self) -> String {
         let mut out = self.metrics.encode();
         self.status.render_metrics(&mut out);
+        self.ratelimit.encode_metrics(&mut out);
         out.push_str("# EOF\n");
         out
     }

@@ -1,6 +1,8 @@
 //! weft's control plane: watches a config directory, validates it, turns it
 //! into per-node-group xDS snapshots and serves them over ADS (state of the
-//! world and delta) to weft proxies, Envoy and proxyless gRPC clients.
+//! world and delta) to weft proxies, Envoy and proxyless gRPC clients. The
+//! same port serves the global rate-limit service (`weft-ratelimit`) for the
+//! config's `rateLimit.global` limits, counting in memory or in a shared Redis.
 //!
 //! Must not depend on proxy internals. Protobuf stays inside `weft-xds`.
 
@@ -17,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_model::DirWatch;
+use weft_ratelimit::{Limits, RateLimitServer};
 use weft_xds::server::{AdsServer, ServerStatus};
 use weft_xds::translate::TranslateOptions;
 
@@ -31,6 +34,9 @@ pub struct ControlOptions {
     pub admin: SocketAddr,
     pub reload_interval: Duration,
     pub translate: TranslateOptions,
+    /// Rate-limit counters in this Redis (`redis://host:port`), shared by
+    /// every control-plane replica pointed at it; in memory when `None`.
+    pub redis: Option<String>,
 }
 
 impl ControlOptions {
@@ -41,6 +47,7 @@ impl ControlOptions {
             admin: ([127, 0, 0, 1], 15011).into(),
             reload_interval: Duration::from_millis(200),
             translate: TranslateOptions::default(),
+            redis: None,
         }
     }
 }
@@ -49,6 +56,8 @@ impl ControlOptions {
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] weft_model::ConfigErrors),
+    #[error("rate-limit store: {0}")]
+    RateLimitStore(weft_ratelimit::StoreError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -62,6 +71,7 @@ pub(crate) struct Control {
     pub cache: Arc<SnapshotCache>,
     pub status: Arc<ServerStatus>,
     pub metrics: metrics::ControlMetrics,
+    pub ratelimit: RateLimitServer,
     pub config_dir: PathBuf,
     /// Why the newest config on disk was rejected, while it is.
     pub last_error: Mutex<Option<String>>,
@@ -89,17 +99,28 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
     for w in config.not_yet_enforced() {
         tracing::warn!("{w}");
     }
+    let ratelimit = RateLimitServer::new(
+        Limits::from_config(&config),
+        weft_ratelimit::store_for(opts.redis.as_deref()).map_err(StartError::RateLimitStore)?,
+    );
     let xds_l = bind("xds", opts.xds).await?;
     let admin_l = bind("admin", opts.admin).await?;
     let xds = xds_l.local_addr().expect("bound socket has an address");
     let admin = admin_l.local_addr().expect("bound socket has an address");
 
-    let cache = Arc::new(SnapshotCache::new(config, opts.translate.clone()));
+    // Envoy nodes reach the rate-limit service (served on the xDS port) at
+    // the address they reach xDS at; a wildcard bind needs it spelled out.
+    let mut translate = opts.translate.clone();
+    if translate.ratelimit_service.is_none() && !xds.ip().is_unspecified() {
+        translate.ratelimit_service = Some(xds);
+    }
+    let cache = Arc::new(SnapshotCache::new(config, translate));
     let status = Arc::new(ServerStatus::new());
     let control = Arc::new(Control {
         cache: cache.clone(),
         status: status.clone(),
         metrics: metrics::ControlMetrics::new(),
+        ratelimit: ratelimit.clone(),
         config_dir: opts.config_dir.clone(),
         last_error: Mutex::new(None),
         draining: Default::default(),
@@ -109,11 +130,13 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
 
     let (stop, stop_rx) = watch::channel(false);
     let ads = AdsServer::new(cache, status).into_service();
+    let rls = ratelimit.clone().into_service();
     let mut xds_stop = stop_rx.clone();
     let xds_task = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_l);
         let result = tonic::transport::Server::builder()
             .add_service(ads)
+            .add_service(rls)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = xds_stop.changed().await;
             })
@@ -124,7 +147,13 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
     });
     let admin_task = tokio::spawn(weft_admin::serve(admin_l, control.clone(), stop_rx.clone()));
     let reload_task = tokio::spawn(watch_config(control.clone(), opts.reload_interval, stop_rx));
-    tracing::info!(%xds, %admin, dir = %opts.config_dir.display(), "control plane started");
+    tracing::info!(
+        %xds,
+        %admin,
+        dir = %opts.config_dir.display(),
+        ratelimit_store = %ratelimit.store_description(),
+        "control plane started"
+    );
     Ok(RunningControl {
         control,
         xds,
@@ -143,6 +172,11 @@ impl RunningControl {
     }
     pub fn cache(&self) -> &Arc<SnapshotCache> {
         &self.control.cache
+    }
+
+    /// The rate-limit service served on the xDS port.
+    pub fn ratelimit(&self) -> &RateLimitServer {
+        &self.control.ratelimit
     }
 
     /// Why the newest config on disk was rejected, while it is.
@@ -199,6 +233,9 @@ fn reload(control: &Control) {
             }
             *control.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
             m.config_last_error.set(0);
+            control
+                .ratelimit
+                .update_limits(Limits::from_config(&config));
             let started = std::time::Instant::now();
             let started_unix = unix_now();
             if let Some(stats) = control.cache.update(config) {
