@@ -439,7 +439,7 @@ impl crate::Config {
             .collect();
             if !weft_only.is_empty() {
                 out.push(format!(
-                    "TrafficPolicy {}/{} sets {}: enforced by weft proxies (on the caller's side); Envoy nodes get the fault and local rate limit filters, without dry run, sources, deniedSources or perSource (issue 6 in progress)",
+                    "TrafficPolicy {}/{} sets {}: enforced by weft proxies (on the caller's side); Envoy nodes get the fault, local and global rate limit filters, without dry run, sources, deniedSources or perSource",
                     p.namespace,
                     p.name,
                     weft_only.join(", ")

@@ -29,6 +29,7 @@ pub mod deadline;
 pub mod health;
 pub mod hedge;
 pub mod latency;
+pub mod quota;
 pub mod ratelimit;
 pub mod retry;
 pub mod rng;

@@ -12,6 +12,7 @@ use weft_policy::rng::ThreadRng;
 
 use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
+use crate::global_limit::GlobalDecision;
 use crate::governed::RoutePolicy;
 use crate::metrics::{PolicyReasonLabels, ProxyMetrics};
 
@@ -72,6 +73,15 @@ pub async fn admit(
             count(&metrics.policy.admission, "rate_limited");
             return Err(ProxyError::RateLimited(d.headers()));
         }
+    }
+    if let Some(lease) = policy.global()
+        && let GlobalDecision::Limited { limit, reset } =
+            lease.acquire(&metrics.policy.global_limit).await
+    {
+        count(&metrics.policy.admission, "rate_limited_global");
+        return Err(ProxyError::RateLimited(GlobalDecision::headers(
+            limit, reset,
+        )));
     }
     if let Some(f) = policy.fault()
         && f.headers.iter().all(|(name, value)| {

@@ -72,6 +72,7 @@ pub struct RoutePolicy {
     admission: Option<AdmissionSettings>,
     fault: Option<FaultSettings>,
     limiter: Option<TokenBucket>,
+    global: Option<Arc<crate::global_limit::Lease>>,
     deadline: Option<(bool, Duration)>,
     /// Counter values already exported to Prometheus.
     synced: Mutex<(RetryStats, HedgeStats)>,
@@ -115,8 +116,19 @@ impl RoutePolicy {
                 }
                 None => None,
             },
+            global: None,
             synced: Mutex::default(),
         })
+    }
+
+    /// The rule's global rate limit lease (`rateLimit.global`).
+    pub fn with_global(mut self, lease: Option<Arc<crate::global_limit::Lease>>) -> Self {
+        self.global = lease;
+        self
+    }
+
+    pub fn global(&self) -> Option<&Arc<crate::global_limit::Lease>> {
+        self.global.as_ref()
     }
 
     /// Whether requests go through [`send`] at all.

@@ -16,6 +16,7 @@ mod clock;
 pub mod deadline;
 pub mod error;
 mod forward;
+pub mod global_limit;
 pub mod governed;
 mod headers;
 pub mod inbound;
@@ -84,6 +85,11 @@ pub struct ProxyOptions {
     pub detect_timeout: Duration,
     pub drain_timeout: Duration,
     pub reload_interval: Duration,
+    /// The rate-limit service for `rateLimit.global` (`HOST:PORT` or an
+    /// `http://` URI). Default with `--xds`: the control plane (it serves
+    /// the service on its xDS port); standalone: none (global limits apply
+    /// their failure mode).
+    pub ratelimit: Option<String>,
 }
 
 impl ProxyOptions {
@@ -113,6 +119,7 @@ impl ProxyOptions {
             detect_timeout: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
             reload_interval: Duration::from_millis(200),
+            ratelimit: None,
         }
     }
 }
@@ -162,9 +169,14 @@ fn qualified(service: &str) -> String {
 pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let mut metrics = metrics::ProxyMetrics::new();
     let registry = EndpointRegistry::default();
+    let ratelimit = opts.ratelimit.clone().or_else(|| match &opts.source {
+        ConfigSource::Xds(c) => Some(c.server.clone()),
+        ConfigSource::Dir(_) => None,
+    });
     let mut builder = SnapshotBuilder::new(BuildOptions {
         connect_timeout: opts.connect_timeout,
         zone: opts.zone.clone(),
+        global_limits: global_limit::GlobalLimits::new(ratelimit),
     });
     let (snapshot, xds) = first_snapshot(&opts, &mut builder, &registry, &mut metrics)?;
     let local_service: Arc<str> = qualified(&opts.service).into();

@@ -99,6 +99,17 @@ pub struct PolicyMetrics {
     pub admission: Family<PolicyReasonLabels, Counter>,
     /// Faults injected: delay, abort.
     pub faults: Family<PolicyReasonLabels, Counter>,
+    /// Global rate limit leases and decisions, by descriptor.
+    pub global_limit: Family<GlobalLimitLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct GlobalLimitLabels {
+    /// The limit's policy, `namespace/name`.
+    pub descriptor: Arc<str>,
+    /// `batches`, `leased` (tokens), `windows_exhausted`, `refused`,
+    /// `service_errors`, `service_degraded`, `failed_open`, `failed_closed`.
+    pub outcome: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -247,6 +258,11 @@ impl ProxyMetrics {
             "admission_refused",
             "Requests refused by a route's admission policy: dropped, denied (and *_dry_run: counted only)",
             policy.admission.clone(),
+        );
+        registry.register(
+            "global_rate_limit_events",
+            "Global rate limits: batches leased from the rate-limit service, tokens leased, windows exhausted, requests refused, service errors, answers from the service's failure mode, requests admitted (failed_open) or refused (failed_closed) while the service was unreachable",
+            policy.global_limit.clone(),
         );
         registry.register(
             "faults_injected",

@@ -233,6 +233,8 @@ pub struct RouteSettings {
     pub rate_limit: Option<TokenBucketConfig>,
     /// The `deadline` section: (propagate, margin).
     pub deadline: Option<(bool, Duration)>,
+    /// A limit for every proxy, counted by the rate-limit service.
+    pub global_rate_limit: Option<weft_model::GlobalRateLimit>,
 }
 
 impl RouteSettings {
@@ -334,6 +336,7 @@ impl RouteSettings {
             }
         };
         Ok(Self {
+            global_rate_limit: s.rate_limit.as_ref().and_then(|r| r.global.clone()),
             deadline: s.deadline.as_ref().map(|d| (d.propagate, d.margin)),
             admission,
             fault,

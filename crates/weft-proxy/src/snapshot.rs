@@ -190,6 +190,9 @@ pub struct BuildOptions {
     /// The zone this proxy runs in (`--zone`): endpoints in it are local
     /// for a TrafficPolicy's `loadBalancer.locality`.
     pub zone: Option<String>,
+    /// The leases of global rate limits (`rateLimit.global`), shared by
+    /// every snapshot.
+    pub global_limits: Arc<crate::global_limit::GlobalLimits>,
 }
 
 pub struct Snapshot {

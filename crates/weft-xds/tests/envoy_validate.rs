@@ -521,6 +521,7 @@ async fn envoy_accepts_and_routes_the_sidecar_form() -> anyhow::Result<()> {
         outbound_port: free_port(),
         inbound_port: free_port(),
         connect_timeout: Duration::from_millis(500),
+        ..TranslateOptions::default()
     };
     let translator = Translator::new(config, opts.clone());
     let dir = TempDir::new("weft-envoy-validate")?;

@@ -26,6 +26,10 @@ pub enum Command {
     /// Run the control plane: serve the config directory over xDS v3 (ADS,
     /// state-of-the-world and delta) to weft proxies, Envoy and gRPC clients.
     Control(ControlArgs),
+    /// Run the global rate-limit service on its own (Envoy's RateLimitService
+    /// protocol) for the config directory's `rateLimit.global` limits.
+    /// `weft control` serves the same service on its xDS port.
+    Ratelimit(RatelimitArgs),
     /// Run a sidecar proxy for one Service (outbound + inbound listeners),
     /// configured from a directory (--config) or a control plane (--xds).
     Proxy(ProxyArgs),
@@ -202,6 +206,13 @@ pub struct ProxyArgs {
     /// traffic on them while enough of them are healthy.
     #[arg(long, value_name = "ZONE")]
     pub zone: Option<String>,
+    /// The rate-limit service for TrafficPolicy `rateLimit.global` (HOST:PORT,
+    /// Envoy's RateLimitService protocol; quota is leased in batches, not
+    /// asked per request). Default with --xds: the control plane, which
+    /// serves it on its xDS port; standalone: none (global limits apply
+    /// their failureMode).
+    #[arg(long, value_name = "ADDR")]
+    pub ratelimit: Option<String>,
     /// Close HTTP/1 connections whose request headers take longer than this.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
@@ -239,6 +250,32 @@ pub struct ControlArgs {
     /// Port of the inbound listener sent to Envoy sidecars (on 127.0.0.1).
     #[arg(long, value_name = "PORT", default_value_t = 15006)]
     pub sidecar_inbound_port: u16,
+    /// Keep the rate-limit service's counters in this Redis
+    /// (`redis://HOST:PORT[/DB]`) so that several control-plane replicas
+    /// share one count per limit. Default: in memory (one replica's view).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RatelimitArgs {
+    /// Directory of config YAML files (every *.yaml / *.yml); watched for
+    /// changes. While it is invalid, the last good limits stay in force.
+    #[arg(long, value_name = "DIR")]
+    pub config: PathBuf,
+    /// gRPC listener (plaintext HTTP/2): envoy.service.ratelimit.v3.RateLimitService.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15013")]
+    pub listen: SocketAddr,
+    /// Admin listener: /ready, /metrics, /status.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15014")]
+    pub admin: SocketAddr,
+    /// Keep the counters in this Redis (`redis://HOST:PORT[/DB]`), shared by
+    /// every replica pointed at it. Default: in memory.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// How often the config directory is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = duration)]
+    pub reload_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -270,6 +307,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(a) => Ok(validate(&a.dir)),
         Command::Control(a) => runtime(2)?.block_on(control(a)),
+        Command::Ratelimit(a) => runtime(2)?.block_on(ratelimit(a)),
         Command::Proxy(a) => {
             let workers = a.workers as usize;
             runtime(workers)?.block_on(proxy(a))
@@ -321,9 +359,30 @@ async fn control(a: ControlArgs) -> anyhow::Result<ExitCode> {
     opts.reload_interval = a.reload_interval;
     opts.translate.outbound_port = a.sidecar_outbound_port;
     opts.translate.inbound_port = a.sidecar_inbound_port;
+    opts.redis = a.redis;
     let running = match weft_control::start(opts).await {
         Ok(r) => r,
         Err(weft_control::StartError::Config(errors)) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let signal = shutdown_signal().await?;
+    tracing::info!(signal, "stopping");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ratelimit(a: RatelimitArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = weft_ratelimit::RateLimitOptions::new(a.config);
+    opts.listen = a.listen;
+    opts.admin = a.admin;
+    opts.redis = a.redis;
+    opts.reload_interval = a.reload_interval;
+    let running = match weft_ratelimit::start(opts).await {
+        Ok(r) => r,
+        Err(weft_ratelimit::StartError::Config(errors)) => {
             eprint!("{errors}");
             return Ok(ExitCode::FAILURE);
         }
@@ -360,6 +419,7 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     opts.admin = a.admin;
     opts.connect_timeout = a.connect_timeout;
     opts.zone = a.zone;
+    opts.ratelimit = a.ratelimit;
     opts.header_read_timeout = a.header_read_timeout;
     opts.max_header_bytes = a.max_header_bytes as usize;
     opts.detect_timeout = a.detect_timeout;

@@ -497,7 +497,13 @@ impl<'a> Assembly<'a> {
                     route: rule.clone(),
                 };
                 match RoutePolicy::new(json.to_string(), settings, labels) {
-                    Ok(p) => Arc::new(p),
+                    Ok(p) => {
+                        let lease = settings
+                            .global_rate_limit
+                            .as_ref()
+                            .map(|g| self.opts.global_limits.lease(g));
+                        Arc::new(p.with_global(lease))
+                    }
                     Err(e) => {
                         tracing::warn!(service = %service, rule = %rule, error = %e, "route policy unusable; none applied");
                         return None;

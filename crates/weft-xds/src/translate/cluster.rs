@@ -49,7 +49,7 @@ pub(super) fn cluster(
 /// What every cluster shares: connect timeout, round robin, no circuit
 /// breaking (weft has none; Envoy's default of 1024 would cap a load test),
 /// and the upstream HTTP version.
-fn base_cluster(protocol: Protocol, opts: &TranslateOptions) -> Cluster {
+pub(super) fn base_cluster(protocol: Protocol, opts: &TranslateOptions) -> Cluster {
     let unlimited = uint32(u32::MAX);
     let mut typed_extension_protocol_options = HashMap::new();
     if protocol.is_http2() {

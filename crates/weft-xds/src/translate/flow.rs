@@ -15,12 +15,16 @@
 //! | `fault.headers` | the same filter: `headers`, each an exact `string_match` |
 //! | `admission.dropRatio` (not `dryRun`, no `sources`) | the same filter: `abort.http_status: 503`, `abort.percentage` = the ratio; a gRPC request gets Envoy's gRPC form of a 503, `UNAVAILABLE` |
 //! | `rateLimit.local` | `envoy.filters.http.local_ratelimit` (stat prefix `weft_rate_limit`): `token_bucket.max_tokens` = `burst`; `tokens_per_fill` / `fill_interval` = the rate with a fill interval of at least 50 ms (Envoy's minimum); `filter_enabled` and `filter_enforced` 100%; `x-ratelimit-*` response headers (`DRAFT_VERSION_03`); 429 when limited |
+//! | `rateLimit.global` | `envoy.filters.http.ratelimit` (domain `weft`, the rate-limit service as cluster `weft-ratelimit`, 100 ms timeout, `x-ratelimit-*` headers, gRPC requests refused with `RESOURCE_EXHAUSTED`) and on the route `rate_limits: [{actions: [{generic_key: {descriptor_key: weft-policy, descriptor_value: NAMESPACE/POLICY}}]}]`: one call to the service per request; the service applies `failureMode` when its counters are unreachable, Envoy admits when the service itself is (`failure_mode_deny: false`) |
 //! | `deadline` | nothing (Envoy does not read weft's deadline header) |
 //!
 //! The listener filters: Envoy nodes get the fault filter when any
 //! TrafficPolicy of the config sets `fault` or a drop ratio Envoy can
 //! express, and the local rate limit filter when any sets
-//! `rateLimit.local`; weft nodes never (weft takes the router only and
+//! `rateLimit.local`, and the rate limit filter when any sets
+//! `rateLimit.global` and the control plane names a rate-limit service
+//! ([`super::TranslateOptions::ratelimit_service`], served with the
+//! cluster `weft-ratelimit`); weft nodes never (weft takes the router only and
 //! reads the metadata instead). A config without those sections gives
 //! every node the listeners it gave before.
 //!
@@ -41,9 +45,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+use std::net::SocketAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    ApiVersion, GrpcService, RuntimeFractionalPercent, grpc_service,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
+};
+use envoy_types::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig;
 use envoy_types::pb::envoy::config::route::v3::{
-    HeaderMatcher, Route, RouteConfiguration, VirtualHost, header_matcher,
+    HeaderMatcher, RateLimit as RouteRateLimit, Route, RouteConfiguration, VirtualHost,
+    header_matcher, rate_limit, route,
 };
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion;
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{FaultDelay, fault_delay};
@@ -51,6 +65,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     FaultAbort, HttpFault, fault_abort,
 };
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as RateLimitFilter;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpFilter, http_filter,
 };
@@ -58,15 +73,24 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher}
 use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket, fractional_percent};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint};
-use weft_model::{AbortStatus, Config, LocalRateLimit as WeftRateLimit, PolicySections};
+use weft_model::{
+    AbortStatus, Config, GlobalRateLimit, LocalRateLimit as WeftRateLimit, PolicySections,
+};
 
-use super::proto::{any, duration, uint32};
+use super::TranslateOptions;
+use super::proto::{any, duration, socket_address, uint32};
 use crate::resource::{Resource, TypeUrl};
 
 /// HTTP filter name of Envoy's fault filter.
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
 /// HTTP filter name of Envoy's local rate limit filter.
 pub(super) const LOCAL_RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+/// HTTP filter name of Envoy's (global) rate limit filter.
+pub(super) const RATE_LIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
+/// The cluster of the rate-limit service on Envoy nodes.
+pub const RATE_LIMIT_CLUSTER: &str = "weft-ratelimit";
+/// How long Envoy waits for the rate-limit service before admitting.
+const RATE_LIMIT_TIMEOUT: Duration = Duration::from_millis(100);
 /// Stat prefix of the local rate limit filter.
 const RATE_LIMIT_STAT_PREFIX: &str = "weft_rate_limit";
 /// Envoy's shortest token bucket fill interval.
@@ -79,16 +103,20 @@ const MAX_FILL_INTERVAL_MS: u64 = 10_000;
 pub(super) struct PolicyFilters {
     pub fault: bool,
     pub rate_limit: bool,
+    /// The global rate limit filter (and the `weft-ratelimit` cluster).
+    pub global_rate_limit: bool,
 }
 
 impl PolicyFilters {
     /// What Envoy nodes need for `config` (see the module doc).
-    pub(super) fn for_envoy(config: &Config) -> PolicyFilters {
+    pub(super) fn for_envoy(config: &Config, opts: &TranslateOptions) -> PolicyFilters {
         let mut filters = PolicyFilters::default();
         for p in &config.traffic_policies {
             let s = &p.sections;
             filters.fault |= s.fault.is_some() || drop_ratio(s).is_some();
             filters.rate_limit |= s.rate_limit.as_ref().is_some_and(|r| r.local.is_some());
+            filters.global_rate_limit |= opts.ratelimit_service.is_some()
+                && s.rate_limit.as_ref().is_some_and(|r| r.global.is_some());
         }
         filters
     }
@@ -105,6 +133,12 @@ impl PolicyFilters {
                 ..Default::default()
             };
             filters.push(typed_filter(LOCAL_RATE_LIMIT_FILTER, any(&listener_level)));
+        }
+        if self.global_rate_limit {
+            filters.push(typed_filter(
+                RATE_LIMIT_FILTER,
+                any(&global_rate_limit_filter()),
+            ));
         }
         filters.push(super::proto::router_filter());
         filters
@@ -131,6 +165,80 @@ pub(super) fn apply(r: &mut Route, sections: &PolicySections) {
             any(&local_rate_limit(local)),
         );
     }
+    if let Some(global) = sections.rate_limit.as_ref().and_then(|l| l.global.as_ref())
+        && let Some(route::Action::Route(action)) = &mut r.action
+    {
+        action.rate_limits = global_rate_limits(global);
+    }
+}
+
+/// The rate limit filter: asks the `weft-ratelimit` cluster in domain
+/// `weft` for the descriptors of each route's `rate_limits`.
+fn global_rate_limit_filter() -> RateLimitFilter {
+    RateLimitFilter {
+        domain: GlobalRateLimit::DOMAIN.into(),
+        timeout: Some(duration(RATE_LIMIT_TIMEOUT)),
+        failure_mode_deny: false,
+        rate_limited_as_resource_exhausted: true,
+        rate_limit_service: Some(RateLimitServiceConfig {
+            grpc_service: Some(GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: RATE_LIMIT_CLUSTER.into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            transport_api_version: ApiVersion::V3 as i32,
+        }),
+        enable_x_ratelimit_headers: XRateLimitHeadersRfcVersion::DraftVersion03 as i32,
+        ..Default::default()
+    }
+}
+
+/// The route's descriptor for its global limit: `weft-policy` = the
+/// policy's `namespace/name`.
+fn global_rate_limits(g: &GlobalRateLimit) -> Vec<RouteRateLimit> {
+    vec![RouteRateLimit {
+        actions: vec![rate_limit::Action {
+            action_specifier: Some(rate_limit::action::ActionSpecifier::GenericKey(
+                rate_limit::action::GenericKey {
+                    descriptor_value: g.descriptor.clone(),
+                    descriptor_key: GlobalRateLimit::DESCRIPTOR_KEY.into(),
+                    ..Default::default()
+                },
+            )),
+        }],
+        ..Default::default()
+    }]
+}
+
+/// The `weft-ratelimit` cluster Envoy nodes reach the rate-limit service
+/// with: one static endpoint, HTTP/2 (gRPC).
+pub(super) fn rate_limit_cluster(addr: SocketAddr, opts: &TranslateOptions) -> Resource {
+    let c = Cluster {
+        name: RATE_LIMIT_CLUSTER.into(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: RATE_LIMIT_CLUSTER.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket_address(addr.ip(), addr.port())),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..super::cluster::base_cluster(weft_model::Protocol::Grpc, opts)
+    };
+    Resource::new(TypeUrl::Cluster, RATE_LIMIT_CLUSTER, &c)
 }
 
 /// The drop ratio Envoy can express: not a dry run, from every source.

@@ -104,6 +104,10 @@ pub struct TranslateOptions {
     pub inbound_port: u16,
     /// Upstream connect timeout of every cluster.
     pub connect_timeout: Duration,
+    /// Where Envoy nodes reach the rate-limit service for
+    /// `rateLimit.global` (cluster `weft-ratelimit`); without it they get
+    /// no global limit filter.
+    pub ratelimit_service: Option<std::net::SocketAddr>,
 }
 
 impl Default for TranslateOptions {
@@ -112,6 +116,7 @@ impl Default for TranslateOptions {
             outbound_port: 15001,
             inbound_port: 15006,
             connect_timeout: Duration::from_secs(1),
+            ratelimit_service: None,
         }
     }
 }
@@ -257,7 +262,7 @@ pub struct Translator {
 
 impl Translator {
     pub fn new(config: Arc<Config>, opts: TranslateOptions) -> Translator {
-        let envoy_filters = PolicyFilters::for_envoy(&config);
+        let envoy_filters = PolicyFilters::for_envoy(&config, &opts);
         Translator {
             config,
             opts,
@@ -322,7 +327,7 @@ impl Translator {
             DataPlane::Envoy => self.envoy_filters,
             DataPlane::Weft | DataPlane::Grpc => PolicyFilters::default(),
         };
-        match workload(&self.config, node) {
+        let mut set = match workload(&self.config, node) {
             Workload::Gateway { gateway } => self.gateway_resources(gateway, filters),
             Workload::Sidecar { namespace, service } => {
                 let scope = services_in_scope(&self.config, node);
@@ -333,7 +338,13 @@ impl Translator {
                     }
                 }
             }
+        };
+        if filters.global_rate_limit
+            && let Some(addr) = self.opts.ratelimit_service
+        {
+            set.insert(flow::rate_limit_cluster(addr, &self.opts));
         }
+        set
     }
 
     /// Adds the cluster and endpoint assignment of every port in `ports`.

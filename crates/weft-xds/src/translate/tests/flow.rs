@@ -368,3 +368,81 @@ fn without_issue_6_sections_nothing_changes() {
         }
     }
 }
+
+#[test]
+fn a_global_limit_gives_envoy_the_rate_limit_filter_cluster_and_route_descriptor() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::route::v3::{rate_limit, route};
+    use envoy_types::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as RlFilter;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
+
+    let yaml = format!(
+        "{FLOW}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: shared}}\nspec:\n  targetRefs: [{{kind: HTTPRoute, name: shop-routes, sectionName: plain}}]\n  rateLimit: {{global: {{requestsPerUnit: 500}}}}\n"
+    );
+    let c = weft_model::load_str(&yaml, "mesh.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let rls: std::net::SocketAddr = "127.0.0.1:15010".parse().unwrap();
+    let opts = TranslateOptions {
+        ratelimit_service: Some(rls),
+        ..TranslateOptions::default()
+    };
+    let envoy = resources_for(&c, &node(DataPlane::Envoy, "front"), &opts);
+    let l: Listener = decode(&envoy, TypeUrl::Listener, "outbound");
+    assert_eq!(
+        filter_names(&l),
+        [
+            FAULT_FILTER,
+            LOCAL_RATE_LIMIT_FILTER,
+            "envoy.filters.http.ratelimit",
+            "envoy.filters.http.router"
+        ]
+    );
+    let cluster: Cluster = decode(&envoy, TypeUrl::Cluster, "weft-ratelimit");
+    let ep = &cluster.load_assignment.unwrap().endpoints[0].lb_endpoints[0];
+    assert!(format!("{ep:?}").contains("15010"), "{ep:?}");
+    let rc: RouteConfiguration = decode(&envoy, TypeUrl::RouteConfiguration, "outbound");
+    let Some(route::Action::Route(a)) = shop_route(&rc, "plain").action else {
+        panic!("a route action")
+    };
+    let Some(rate_limit::action::ActionSpecifier::GenericKey(k)) =
+        a.rate_limits[0].actions[0].action_specifier.clone()
+    else {
+        panic!("a generic key")
+    };
+    assert_eq!(
+        (k.descriptor_key.as_str(), k.descriptor_value.as_str()),
+        ("weft-policy", "default/shared")
+    );
+    let Some(route::Action::Route(other)) = shop_route(&rc, "chaos").action else {
+        panic!("a route action")
+    };
+    assert!(other.rate_limits.is_empty(), "only the policy's rule");
+    // The filter's own config: domain weft, the cluster, admit when the
+    // service is unreachable.
+    let f = hcm(&l)
+        .http_filters
+        .into_iter()
+        .find(|f| f.name == "envoy.filters.http.ratelimit")
+        .unwrap();
+    let Some(http_filter::ConfigType::TypedConfig(any)) = f.config_type else {
+        panic!("a typed config")
+    };
+    let rl: RlFilter = unpack(&any);
+    assert_eq!(rl.domain, "weft");
+    assert!(!rl.failure_mode_deny);
+    assert!(rl.rate_limited_as_resource_exhausted);
+    let service = format!("{:?}", rl.rate_limit_service.unwrap());
+    assert!(service.contains("weft-ratelimit"), "{service}");
+
+    // weft nodes: the router only, no cluster (they lease from --ratelimit).
+    let weft = resources_for(&c, &node(DataPlane::Weft, "front"), &opts);
+    assert!(weft.get(TypeUrl::Cluster, "weft-ratelimit").is_none());
+    let l: Listener = decode(&weft, TypeUrl::Listener, "outbound");
+    assert_eq!(filter_names(&l), ["envoy.filters.http.router"]);
+    // Without a service address Envoy gets no filter at all.
+    let none = resources_for(
+        &c,
+        &node(DataPlane::Envoy, "front"),
+        &TranslateOptions::default(),
+    );
+    assert!(none.get(TypeUrl::Cluster, "weft-ratelimit").is_none());
+}

@@ -307,6 +307,7 @@ fn options_reach_the_listeners_and_clusters() {
         outbound_port: 21001,
         inbound_port: 21006,
         connect_timeout: std::time::Duration::from_millis(250),
+        ratelimit_service: None,
     };
     let set = resources_for(&mesh(), &node(DataPlane::Envoy, "catalog"), &opts);
     for (name, port) in [("outbound", 21001), ("inbound", 21006)] {
