@@ -1,13 +1,16 @@
 //! `weft demo`: a small mesh on loopback, traffic through it, and a live
 //! view of what the sidecars measure and what traffic governance does.
 //!
-//! One call to [`run`] writes the bundled example config, starts nine pods
-//! in-process (frontend -> catalog, split 90/10 between catalog-v1 and
-//! catalog-v2 -> inventory, and frontend -> pricing; each pod a sample app
-//! plus a sidecar, see `mesh`), drives a steady rate of requests into the
-//! frontend (`traffic`), and every refresh prints, over the last few
-//! seconds (`view`): per-service rate, success and latency; what callers
-//! got from each service after retries and backups; and per endpoint its
+//! One call to [`run`] writes the bundled example config, starts twelve
+//! pods in-process (frontend -> catalog, split 90/10 between catalog-v1 and
+//! catalog-v2 -> inventory, and frontend -> pricing; beside them a deadline
+//! chain, checkout -> payments -> ledger; each pod a sample app plus a
+//! sidecar, see `mesh`), drives a steady rate of requests into the frontend
+//! and a fifth of it, each with a 150 ms deadline, into checkout
+//! (`traffic`), and every refresh prints, over the last few seconds
+//! (`view`): per-service rate, success and latency; what callers got from
+//! each service after retries and backups; what flow control refused or a
+//! deadline cut, next to the flow policies in force; and per endpoint its
 //! traffic share, the weight callers give it and what its app is set to do.
 //! Everything but the apps' faults comes from the sidecars' own metrics
 //! (`scrape`).
@@ -16,13 +19,17 @@
 //! TrafficPolicies govern them, so each capability is seen acting: a slow
 //! inventory endpoint loses its traffic, an endpoint answering business
 //! errors is weighted down while retries hide them, backups trim pricing's
-//! long tail. A timed script (`faults`) makes the slow endpoint and the
-//! erroring one heal and relapse. The config stays editable:
-//! the sidecars reload it and the view shows the traffic move.
+//! long tail. A timed script (`script`) makes the slow endpoint and the
+//! erroring one heal and relapse, changes flow control online by writing a
+//! policy file as a user would (a drop ratio, a rate limit lowered then
+//! raised), and slows the deadline chain's middle hop so that the deadline
+//! cuts it short. The config stays editable: the sidecars reload it and the
+//! view shows the traffic move.
 
 mod faults;
 mod mesh;
 mod scrape;
+mod script;
 #[cfg(test)]
 mod tests;
 mod traffic;
@@ -39,14 +46,36 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
-use faults::{AppControl, SCRIPT};
+use faults::AppControl;
 use mesh::{ConfigDir, Mesh, PODS};
 use scrape::MeshCounters;
+use script::{Pace, Rates, SCRIPT, ScriptStep, Stage};
 use traffic::{Driver, Target, TrafficCounters};
 use view::{IngressRow, PodInfo, SplitGroup, View};
 
 pub use faults::AppFaults;
-pub use view::{CallSummary, DemoEvent, EndpointShare, ServiceSummary};
+pub use view::{CallSummary, DemoEvent, EndpointShare, FlowPolicy, ServiceSummary};
+
+/// The deadline the deadline chain's requests arrive with (ms).
+pub const CHAIN_DEADLINE_MS: u32 = 150;
+/// The header carrying it, as an edge proxy or a client would set it.
+const CHAIN_HEADERS: &[(&str, &str)] = &[("x-weft-deadline-ms", "150")];
+/// The deadline chain gets this share of `rate` (at least 1 request/s).
+const CHAIN_RATE_DIVISOR: u32 = 5;
+
+/// The default run's timeline, as `weft demo --help` (`--no-script`) and
+/// the README tell it. Keep in step with `script::SCRIPT`.
+pub const TIMELINE: &str = "\
+Do not run the timed script. Without it the situations stay as they start: \
+inventory-3 slow, catalog-v1-2 answering business errors, pricing's 2% tail, \
+the deadline chain (checkout -> payments -> ledger, 150 ms at the edge) \
+completing. The script: 15s inventory-3 fast; 20s flow.yaml written: dropRatio \
+0.2 on catalog's route; 28s flow.yaml edited: drop ratio gone, pricing rate \
+limited to 60% of --rate (429s); 36s limit raised to twice --rate; 40s \
+catalog-v1-2 stops its business errors; 45s flow.yaml removed; 48s payments \
+slows to 110ms: its sidecar cuts its calls to ledger (504 deadline-exceeded, \
+ledger gets none); 58s payments fast again; 60s catalog-v1-2's business \
+errors back; 70s inventory-3 slow again.";
 
 /// How `weft demo` runs.
 #[derive(Debug, Clone)]
@@ -73,9 +102,10 @@ pub struct DemoOptions {
     /// The demo's own admin port (`/ready` once the mesh is up, `/metrics`
     /// with the traffic driver's counters); `None` for none.
     pub admin: Option<std::net::SocketAddr>,
-    /// Run the timed fault script: at 15 s the slow inventory-3 turns fast,
-    /// at 70 s slow again; at 40 s catalog-v1-2 stops its business errors,
-    /// at 60 s they come back. Each step shows as an event.
+    /// Run the timed script ([`TIMELINE`]): faults heal and come back,
+    /// flow policies are written to the config directory and removed, the
+    /// deadline chain's middle hop slows down for a while. Each step shows
+    /// as an event.
     pub script: bool,
 }
 
@@ -102,6 +132,11 @@ pub struct DemoReport {
     pub requests: u64,
     /// Of those, answered with a 2xx or 3xx (as `weft load` counts success).
     pub ok: u64,
+    /// Requests the deadline chain's driver sent to checkout, each with
+    /// [`CHAIN_DEADLINE_MS`] to live.
+    pub chain_requests: u64,
+    /// Of those, answered with a 2xx or 3xx.
+    pub chain_ok: u64,
     /// Requests due that could not be sent on time (not in `requests`).
     pub late: u64,
     pub elapsed: Duration,
@@ -112,6 +147,8 @@ pub struct DemoReport {
     /// Per addressed service, how its traffic spread over endpoints, with
     /// the endpoints' weights at the end.
     pub endpoints: Vec<EndpointShare>,
+    /// The flow policies in force at the end.
+    pub flow: Vec<FlowPolicy>,
     /// Script steps, health events and config changes, in order.
     pub events: Vec<DemoEvent>,
     /// Where the config was (removed at the end if it was a temporary one).
@@ -164,6 +201,34 @@ pub async fn run(
     opts: DemoOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<DemoReport> {
+    run_staged(opts, Staging::default(), shutdown).await
+}
+
+/// How a run is staged beyond its options: tests run their own script, or
+/// step through the default one, and watch every refresh.
+pub(crate) struct Staging {
+    pub(crate) script: &'static [ScriptStep],
+    pub(crate) pace: Pace,
+    /// Each refresh's view, as shown.
+    pub(crate) views: Option<tokio::sync::watch::Sender<Option<View>>>,
+}
+
+impl Default for Staging {
+    fn default() -> Self {
+        Staging {
+            script: SCRIPT,
+            pace: Pace::Timed,
+            views: None,
+        }
+    }
+}
+
+/// [`run`], staged.
+pub(crate) async fn run_staged(
+    opts: DemoOptions,
+    staging: Staging,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<DemoReport> {
     anyhow::ensure!(
         opts.rate > 0,
         "the demo needs a rate of at least 1 request/s"
@@ -182,7 +247,7 @@ pub async fn run(
         }
     };
     let screen = Screen::new(opts.plain);
-    let result = watch(&opts, &dir, &mesh, &screen, shutdown).await;
+    let result = watch(&opts, staging, &dir, &mesh, &screen, shutdown).await;
     mesh.shutdown().await;
     let config_dir = dir.path.clone();
     dir.cleanup();
@@ -190,11 +255,14 @@ pub async fn run(
     Ok(DemoReport {
         requests: last.ingress.sent,
         ok: last.ingress.ok,
+        chain_requests: last.chain.sent,
+        chain_ok: last.chain.ok,
         late: last.ingress.late,
         elapsed: last.elapsed,
         services: last.services,
         calls: last.calls,
         endpoints: last.endpoints,
+        flow: last.flow,
         events: last.events,
         config_dir,
     })
@@ -204,6 +272,7 @@ pub async fn run(
 /// returns the final (whole-run) view, already shown.
 async fn watch(
     opts: &DemoOptions,
+    staging: Staging,
     dir: &ConfigDir,
     mesh: &Mesh,
     screen: &Screen,
@@ -213,20 +282,40 @@ async fn watch(
         addr: mesh.entry,
         host: "frontend",
         path: "/",
+        headers: &[],
+    };
+    let chain_target = Target {
+        addr: mesh.chain_entry,
+        host: mesh::CHAIN_ENTRY,
+        path: "/",
+        headers: CHAIN_HEADERS,
     };
     let control = AppControl::new();
     let driver = Driver::start(target, opts.rate)?;
+    let chain = Driver::start(chain_target, (opts.rate / CHAIN_RATE_DIVISOR).max(1))?;
     let admin = match opts.admin {
         Some(addr) => {
             let endpoints = Arc::new(DemoAdmin {
                 traffic: driver.stats.clone(),
+                chain: chain.stats.clone(),
             });
             Some(weft_admin::start(addr, endpoints).await?)
         }
         None => None,
     };
-    let first = Moment::take(mesh, &control, driver.stats.snapshot()).await;
-    let (script, mut scripted) = start_script(opts, mesh, &control, first.at);
+    let traffic = || (driver.stats.snapshot(), chain.stats.snapshot());
+    let first = Moment::take(mesh, &control, traffic()).await;
+    let (script_steps, stepped) = (staging.script, matches!(staging.pace, Pace::Stepped(_)));
+    let rates = Rates::for_rate(opts.rate);
+    let (script, mut scripted) = start_script(
+        opts,
+        staging.pace,
+        script_steps,
+        dir,
+        mesh,
+        &control,
+        first.at,
+    );
     let deadline = opts.duration.map(|d| first.at + d);
     let mut log = EventLog::new(&first);
     let mut recent = Recent::new(first.clone(), opts);
@@ -239,28 +328,30 @@ async fn watch(
             () = &mut shutdown => break,
             () = sleep_until(deadline) => break,
         }
-        let now = Moment::take(mesh, &control, driver.stats.snapshot()).await;
+        let now = Moment::take(mesh, &control, traffic()).await;
         log.drain(&mut scripted);
         log.observe(recent.latest(), &now, first.at);
         let mut view = now.view_since(recent.baseline_for(&now), &first, opts, dir, false);
         view.events.clone_from(&log.events);
         let elapsed = now.at.duration_since(first.at);
-        view.next = opts
-            .script
-            .then(|| faults::next_step(SCRIPT, elapsed))
+        view.next = (opts.script && !stepped)
+            .then(|| script::next_step(script_steps, elapsed))
             .flatten()
             .map(|s| DemoEvent {
                 at: s.at,
-                what: s.what.to_owned(),
+                what: s.describe(rates),
             });
         screen.show(&view::render(&view));
+        if let Some(views) = &staging.views {
+            views.send_replace(Some(view));
+        }
         recent.push(now);
     }
     if let Some(script) = script {
         script.abort();
     }
     drop(admin);
-    let traffic = driver.stop().await;
+    let traffic = (driver.stop().await, chain.stop().await);
     let end = Moment::take(mesh, &control, traffic).await;
     log.drain(&mut scripted);
     log.observe(recent.latest(), &end, first.at);
@@ -274,24 +365,26 @@ async fn watch(
 /// the receiver as each step is applied.
 fn start_script(
     opts: &DemoOptions,
+    pace: Pace,
+    steps: &'static [ScriptStep],
+    dir: &ConfigDir,
     mesh: &Mesh,
     control: &AppControl,
     start: Instant,
 ) -> (Option<JoinHandle<()>>, mpsc::UnboundedReceiver<DemoEvent>) {
     let (events, scripted) = mpsc::unbounded_channel();
     let script = opts.script.then(|| {
-        let apps = mesh
-            .pods
-            .iter()
-            .map(|p| (p.spec.name, p.app_addr()))
-            .collect();
-        tokio::spawn(faults::run_script(
-            SCRIPT,
-            start,
-            apps,
-            control.clone(),
-            events,
-        ))
+        let stage = Stage {
+            apps: mesh
+                .pods
+                .iter()
+                .map(|p| (p.spec.name, p.app_addr()))
+                .collect(),
+            control: control.clone(),
+            dir: dir.path.clone(),
+            rates: Rates::for_rate(opts.rate),
+        };
+        tokio::spawn(script::run_script(steps, start, stage, pace, events))
     });
     (script, scripted)
 }
@@ -386,6 +479,7 @@ impl EventLog {
 /// counters as metrics.
 struct DemoAdmin {
     traffic: Arc<traffic::TrafficStats>,
+    chain: Arc<traffic::TrafficStats>,
 }
 
 impl weft_admin::AdminEndpoints for DemoAdmin {
@@ -417,6 +511,21 @@ impl weft_admin::AdminEndpoints for DemoAdmin {
             "",
             t.late,
         );
+        let c = self.chain.snapshot();
+        counter(
+            &mut out,
+            "weft_demo_chain_requests_sent",
+            "Requests sent into the deadline chain (to checkout, with a deadline)",
+            "",
+            c.sent,
+        );
+        counter(
+            &mut out,
+            "weft_demo_chain_requests_ok",
+            "Deadline chain requests answered with a 2xx or 3xx status",
+            "",
+            c.ok,
+        );
         out.push_str("# EOF\n");
         out
     }
@@ -435,15 +544,23 @@ struct Moment {
     at: Instant,
     mesh: MeshCounters,
     traffic: TrafficCounters,
+    /// The deadline chain's driver.
+    chain: TrafficCounters,
     config_error: Option<String>,
     /// From the newest config any sidecar runs.
     groups: Vec<SplitGroup>,
+    /// The flow policies the control plane serves.
+    flow: Vec<FlowPolicy>,
     /// Every pod's endpoint, name and current faults.
     pods: Vec<PodInfo>,
 }
 
 impl Moment {
-    async fn take(mesh: &Mesh, control: &AppControl, traffic: TrafficCounters) -> Moment {
+    async fn take(
+        mesh: &Mesh,
+        control: &AppControl,
+        (traffic, chain): (TrafficCounters, TrafficCounters),
+    ) -> Moment {
         let at = Instant::now();
         let mut counters = MeshCounters::default();
         // A rejected edit shows up at the control plane; a sidecar's own
@@ -460,14 +577,19 @@ impl Moment {
                 .clone();
             config_error = config_error.or(error);
         }
-        // The weights shown are those the control plane serves now.
-        let groups = view::split_groups(&mesh.control.cache().config());
+        // The weights and policies shown are those the control plane
+        // serves now.
+        let config = mesh.control.cache().config();
+        let groups = view::split_groups(&config);
+        let flow = view::flow_policies(&config, &groups);
         Moment {
             at,
             mesh: counters,
             traffic,
+            chain,
             config_error,
             groups,
+            flow,
             pods: pod_infos(mesh, control).await,
         }
     }
@@ -484,6 +606,7 @@ impl Moment {
     ) -> View {
         let window = self.at.duration_since(earlier.at);
         let delta = self.mesh.since(&earlier.mesh);
+        let pods = &self.pods;
         let mut order: Vec<&str> = Vec::new();
         for pod in &PODS {
             if !order.contains(&pod.service) {
@@ -499,9 +622,11 @@ impl Moment {
             generations: self.mesh.generations,
             config_error: self.config_error.clone(),
             ingress: IngressRow::new(&self.traffic.since(&earlier.traffic), window),
+            chain: IngressRow::new(&self.chain.since(&earlier.chain), window),
             services: view::service_rows(&delta, window, &order),
-            calls: view::call_rows(&delta, window, &self.groups),
-            endpoints: view::endpoint_rows(&delta, &self.groups, &self.pods),
+            calls: view::call_rows(&delta, window, &self.groups, pods),
+            endpoints: view::endpoint_rows(&delta, &self.groups, pods),
+            flow: self.flow.clone(),
             events: Vec::new(),
             next: None,
         }

@@ -65,9 +65,9 @@ pub struct DemoArgs {
     /// shares when longer).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub window: Duration,
-    /// Do not run the timed fault script (inventory-3 fast from 15 s to
-    /// 70 s, catalog-v1-2 without business errors from 40 s to 60 s).
-    #[arg(long)]
+    /// Do not run the timed script (faults healed and broken again, flow
+    /// policies written, a deadline chain slowed; --help shows the timeline).
+    #[arg(long, long_help = weft_demo::demo::TIMELINE)]
     pub no_script: bool,
     /// Print one summary block per refresh instead of redrawing the screen
     /// (automatic when stdout is not a terminal).

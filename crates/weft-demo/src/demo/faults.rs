@@ -1,8 +1,8 @@
 //! The sample apps' faults, through each app's own control path
 //! (`/_weft/fault` on its port, see [`crate::app`]): read at every refresh,
 //! so the view shows what each endpoint is set to do next to what the mesh
-//! makes of it, and changed by the demo's timed [`SCRIPT`], so a default
-//! run also shows endpoints going bad and healing.
+//! makes of it, and changed by the demo's timed script (`script`), so a
+//! default run also shows endpoints going bad and healing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,10 +15,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use tokio::sync::mpsc::UnboundedSender;
-use tokio::time::Instant;
-
-use super::view::DemoEvent;
 
 /// How long a control request may take: the apps answer these at once,
 /// so only a stuck app takes longer, and the view must not wait for it.
@@ -161,91 +157,10 @@ impl AppControl {
     }
 }
 
-/// One step of the timed script: a fault change on one pod's app.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct ScriptStep {
-    /// After the traffic started.
-    pub(crate) at: Duration,
-    /// The pod's name (see `mesh::PODS`).
-    pub(crate) pod: &'static str,
-    /// The query of a `POST /_weft/fault`; `None` puts the faults the pod
-    /// started with back (`DELETE`).
-    pub(crate) change: Option<&'static str>,
-    /// What the view says about it.
-    pub(crate) what: &'static str,
-}
-
-const fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// The default run's script. The steady situations (a slow endpoint, an
-/// erroring one, a long tail) show from the first seconds; the script then
-/// heals the slow endpoint and the erroring one and breaks them again, so
-/// each reaction is seen happening, both ways. Going bad is answered at
-/// once; healing takes a while by design: the latency estimate forgets a
-/// slow past over a few `decay`s (10 s each), a weight climbs back over
-/// `recovery` (10 s).
-pub(crate) const SCRIPT: &[ScriptStep] = &[
-    ScriptStep {
-        at: secs(15),
-        pod: "inventory-3",
-        change: Some("latency=1ms&jitter=2ms"),
-        what: "inventory-3 is fast again (1ms): it gets traffic back as its slow past fades (<30s)",
-    },
-    ScriptStep {
-        at: secs(40),
-        pod: "catalog-v1-2",
-        change: Some("biz_error_share=0"),
-        what: "catalog-v1-2 stops its business errors: its weight climbs back (~10s)",
-    },
-    ScriptStep {
-        at: secs(60),
-        pod: "catalog-v1-2",
-        change: None,
-        what: "catalog-v1-2 answers business errors again: its weight is cut at once",
-    },
-    ScriptStep {
-        at: secs(70),
-        pod: "inventory-3",
-        change: None,
-        what: "inventory-3 turns slow again (40ms): its share falls at once",
-    },
-];
-
-/// Runs `script` from `start`, sending each step's event once applied.
-pub(crate) async fn run_script(
-    script: &'static [ScriptStep],
-    start: Instant,
-    apps: Vec<(&'static str, SocketAddr)>,
-    control: AppControl,
-    events: UnboundedSender<DemoEvent>,
-) {
-    for step in script {
-        tokio::time::sleep_until(start + step.at).await;
-        let Some(&(_, app)) = apps.iter().find(|(name, _)| *name == step.pod) else {
-            continue;
-        };
-        let what = match control.change(app, step.change).await {
-            Ok(_) => step.what.to_owned(),
-            Err(e) => format!("could not change {}'s faults: {e:#}", step.pod),
-        };
-        let at = start.elapsed();
-        if events.send(DemoEvent { at, what }).is_err() {
-            return;
-        }
-    }
-}
-
-/// The first step after `elapsed`, to announce it.
-pub(crate) fn next_step(script: &[ScriptStep], elapsed: Duration) -> Option<&ScriptStep> {
-    script.iter().find(|s| s.at > elapsed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::mesh::{PODS, pod_named};
+    use crate::demo::mesh::pod_named;
 
     #[test]
     fn faults_read_like_the_app_writes_them_and_describe_briefly() {
@@ -267,91 +182,6 @@ mod tests {
             AppFaults::of(pod_named("inventory-3").unwrap()).describe(),
             "40ms"
         );
-    }
-
-    #[test]
-    fn the_script_names_pods_and_runs_in_order_within_a_few_minutes() {
-        for step in SCRIPT {
-            assert!(pod_named(step.pod).is_some(), "{step:?}");
-        }
-        assert!(SCRIPT.windows(2).all(|w| w[0].at < w[1].at));
-        // The default run shows its steady situations first.
-        assert!(SCRIPT[0].at >= secs(10));
-        assert!(SCRIPT.last().unwrap().at <= secs(90));
-        assert_eq!(next_step(SCRIPT, secs(0)), Some(&SCRIPT[0]));
-        assert_eq!(next_step(SCRIPT, secs(15)), Some(&SCRIPT[1]));
-        assert_eq!(next_step(SCRIPT, secs(71)), None);
-        // Every pod it changes is put back as it started.
-        for step in SCRIPT.iter().filter(|s| s.change.is_some()) {
-            assert!(
-                SCRIPT.iter().any(|later| later.at > step.at
-                    && later.pod == step.pod
-                    && later.change.is_none()),
-                "{step:?}"
-            );
-        }
-        assert!(PODS.iter().any(|p| p.name == SCRIPT[0].pod));
-    }
-
-    /// The script against a real app: each step at its time, reported as an
-    /// event; a step the app refuses is reported as such; a step for a pod
-    /// the mesh does not have is skipped.
-    #[tokio::test]
-    async fn the_script_applies_each_step_in_turn_and_reports_it() {
-        const STEPS: &[ScriptStep] = &[
-            ScriptStep {
-                at: Duration::ZERO,
-                pod: "inventory-3",
-                change: Some("latency=7ms"),
-                what: "inventory-3 slows down",
-            },
-            ScriptStep {
-                at: Duration::from_millis(20),
-                pod: "nobody",
-                change: None,
-                what: "skipped",
-            },
-            ScriptStep {
-                at: Duration::from_millis(30),
-                pod: "inventory-3",
-                change: Some("latency=soon"),
-                what: "refused",
-            },
-            ScriptStep {
-                at: Duration::from_millis(40),
-                pod: "inventory-3",
-                change: None,
-                what: "inventory-3 heals",
-            },
-        ];
-        let app = crate::app::start(crate::app::AppConfig {
-            latency: Duration::from_millis(1),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let control = AppControl::new();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let start = Instant::now();
-        let apps = vec![("inventory-3", app.local_addr())];
-        run_script(STEPS, start, apps, control.clone(), tx).await;
-        let mut events = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            events.push(e);
-        }
-        let whats: Vec<_> = events.iter().map(|e| e.what.as_str()).collect();
-        assert_eq!(whats.len(), 3, "{events:?}");
-        assert_eq!(whats[0], "inventory-3 slows down");
-        assert!(
-            whats[1].starts_with("could not change inventory-3's faults: ")
-                && whats[1].contains("400"),
-            "{events:?}"
-        );
-        assert_eq!(whats[2], "inventory-3 heals");
-        assert!(events[2].at >= Duration::from_millis(40), "{events:?}");
-        let now = control.faults(app.local_addr()).await.unwrap();
-        assert_eq!(now.latency, Duration::from_millis(1), "healed: {now:?}");
-        app.shutdown().await;
     }
 
     /// The script's requests against a real app: a change, then the

@@ -1,4 +1,4 @@
-//! The demo mesh: a control plane and nine pods on loopback, each a sample
+//! The demo mesh: a control plane and twelve pods on loopback, each a sample
 //! app with a sidecar that takes its config from the control plane over delta
 //! ADS. The control plane serves the bundled example config (and follows
 //! edits to it).
@@ -26,6 +26,9 @@ use crate::app::{self, AppConfig, Call, RunningApp};
 pub(crate) const EXAMPLE_CONFIG: &str = include_str!("../../examples-config/demo.yaml");
 /// The file name the example config is written under.
 pub(crate) const CONFIG_FILE: &str = "demo.yaml";
+/// The file the script writes its flow-control TrafficPolicies to (see
+/// `script`), next to [`CONFIG_FILE`].
+pub(crate) const FLOW_FILE: &str = "flow.yaml";
 
 pub(crate) const APP_PORT: u16 = 8080;
 pub(crate) const ADMIN_PORT: u16 = 15000;
@@ -87,8 +90,10 @@ const fn pod(service: &'static str, name: &'static str, host: [u8; 2]) -> PodSpe
 /// - catalog-v1-2 answers a business error on 30% of requests: its weight
 ///   is cut and the callers' retries hide the errors;
 /// - pricing's pods answer 2% of requests 40x slower: backups (hedging)
-///   trim that tail.
-pub(crate) const PODS: [PodSpec; 9] = [
+///   trim that tail;
+/// - checkout -> payments -> ledger carry a deadline; the script slows
+///   payments down so that it cuts the chain short.
+pub(crate) const PODS: [PodSpec; 12] = [
     PodSpec {
         calls: &["catalog/items", "pricing/quote"],
         ..pod("frontend", "frontend", [1, 1])
@@ -135,10 +140,26 @@ pub(crate) const PODS: [PodSpec; 9] = [
         slow_latency: ms(80),
         ..pod("pricing", "pricing-2", [4, 2])
     },
+    PodSpec {
+        calls: &["payments/charge"],
+        ..pod("checkout", "checkout", [5, 1])
+    },
+    // No jitter: once slowed down (`script`), every request is slow.
+    PodSpec {
+        latency: ms(3),
+        jitter: Duration::ZERO,
+        calls: &["ledger/write"],
+        ..pod("payments", "payments", [6, 1])
+    },
+    pod("ledger", "ledger", [7, 1]),
 ];
 
+/// The pod the frontend driver sends to: the first.
+pub(crate) const FRONTEND: usize = 0;
+/// The pod the deadline chain's driver sends to.
+pub(crate) const CHAIN_ENTRY: &str = "checkout";
+
 /// The pod named `name`.
-#[cfg(test)]
 pub(crate) fn pod_named(name: &str) -> Option<&'static PodSpec> {
     PODS.iter().find(|p| p.name == name)
 }
@@ -243,6 +264,8 @@ pub(crate) struct Mesh {
     pub(crate) pods: Vec<Pod>,
     /// The frontend sidecar's inbound listener, where traffic enters.
     pub(crate) entry: SocketAddr,
+    /// checkout's sidecar inbound listener, where the deadline chain starts.
+    pub(crate) chain_entry: SocketAddr,
     /// Pods live at `127.<ip_base>.x.y`.
     pub(crate) ip_base: u8,
 }
@@ -289,11 +312,15 @@ impl Mesh {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let entry = PODS[0].addr(ip_base, INBOUND_PORT);
+        let entry = PODS[FRONTEND].addr(ip_base, INBOUND_PORT);
+        let chain_entry = pod_named(CHAIN_ENTRY)
+            .expect("the chain's entry is a pod")
+            .addr(ip_base, INBOUND_PORT);
         Ok(Mesh {
             control,
             pods,
             entry,
+            chain_entry,
             ip_base,
         })
     }
@@ -325,7 +352,9 @@ pub(crate) struct ConfigDir {
 impl ConfigDir {
     /// Writes the example config into `dir`, or into a fresh temporary
     /// directory. An edited `demo.yaml` already there is kept as
-    /// `demo.yaml.bak` (the sidecars read only `*.yaml` / `*.yml`).
+    /// `demo.yaml.bak` (the sidecars read only `*.yaml` / `*.yml`), and so
+    /// is a `flow.yaml` a previous run's script left behind: the run starts
+    /// from the example config alone.
     pub(crate) fn prepare(dir: Option<&Path>, ip_base: u8) -> anyhow::Result<ConfigDir> {
         let (path, temporary) = match dir {
             Some(dir) => {
@@ -346,6 +375,13 @@ impl ConfigDir {
             })?;
         }
         std::fs::write(&file, config).with_context(|| format!("writing {}", file.display()))?;
+        let flow = path.join(FLOW_FILE);
+        if flow.exists() {
+            let backup = path.join(format!("{FLOW_FILE}.bak"));
+            std::fs::rename(&flow, &backup).with_context(|| {
+                format!("keeping the old {} as {}", flow.display(), backup.display())
+            })?;
+        }
         Ok(ConfigDir { path, temporary })
     }
 

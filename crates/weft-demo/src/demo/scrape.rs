@@ -1,7 +1,8 @@
 //! Reading the sidecars' metrics: a small parser for the Prometheus /
 //! OpenMetrics text lines the live view needs, counters summed over every
 //! sidecar (requests and latency both ways, per-endpoint requests, retries,
-//! backups, health events), the endpoint weight gauges combined across the
+//! backups, requests refused by flow control or cut by a deadline, health
+//! events), the endpoint weight gauges combined across the
 //! callers that hold them, and PromQL-style quantiles from histogram
 //! buckets.
 //!
@@ -33,8 +34,15 @@ const HEDGES: &str = "weft_hedges_total";
 const HEDGES_SUPPRESSED: &str = "weft_hedges_suppressed_total";
 /// `weft_hedge_delay_seconds{service,route}`: the current hedge delay.
 const HEDGE_DELAY: &str = "weft_hedge_delay_seconds";
+/// `weft_admission_refused_total{service,route,reason}`: requests a
+/// route's flow control refused (`dropped`, `rate_limited`, `denied`; the
+/// `*_dry_run` reasons only counted).
+const ADMISSION_REFUSED: &str = "weft_admission_refused_total";
 /// `weft_config_generation`.
 const CONFIG_GENERATION: &str = "weft_config_generation";
+/// The `error` label of a request the proxy answered 504 itself because
+/// the caller's deadline left no time to send it.
+const DEADLINE_EXCEEDED: &str = "deadline-exceeded";
 
 /// One sample line: `name{label="value",...} value [timestamp] [# exemplar]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +218,15 @@ pub(crate) struct CallerCounters {
     pub(crate) hedges_suppressed: u64,
     /// The current hedge delay: the longest of the callers' (a state).
     pub(crate) hedge_delay: Option<f64>,
+    /// Refused by the drop ratio (503 `dropped`).
+    pub(crate) dropped: u64,
+    /// Refused by the local rate limit (429 `rate-limited`).
+    pub(crate) rate_limited: u64,
+    /// Refused because the caller is denied (403 `denied`).
+    pub(crate) denied: u64,
+    /// Answered 504 `deadline-exceeded` without being sent, by the
+    /// endpoint (`IP:PORT`) of the caller's sidecar that cut them.
+    pub(crate) cut_at: BTreeMap<String, u64>,
 }
 
 impl CallerCounters {
@@ -226,7 +243,23 @@ impl CallerCounters {
                 .hedges_suppressed
                 .saturating_sub(earlier.hedges_suppressed),
             hedge_delay: self.hedge_delay,
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+            rate_limited: self.rate_limited.saturating_sub(earlier.rate_limited),
+            denied: self.denied.saturating_sub(earlier.denied),
+            cut_at: self
+                .cut_at
+                .iter()
+                .map(|(at, n)| {
+                    let before = earlier.cut_at.get(at).copied().unwrap_or(0);
+                    (at.clone(), n.saturating_sub(before))
+                })
+                .collect(),
         }
+    }
+
+    /// Requests cut by a deadline, wherever.
+    pub(crate) fn cut(&self) -> u64 {
+        self.cut_at.values().sum()
     }
 }
 
@@ -316,7 +349,8 @@ impl MeshCounters {
                 ENDPOINT_REQUESTS | WEIGHT_RATIO | EJECTED | HEALTH_EVENTS => {
                     self.add_endpoint(&s, service, &mut gauges);
                 }
-                RETRIES | RETRIES_GIVEN_UP | HEDGES | HEDGES_SUPPRESSED | HEDGE_DELAY => {
+                RETRIES | RETRIES_GIVEN_UP | HEDGES | HEDGES_SUPPRESSED | HEDGE_DELAY
+                | ADMISSION_REFUSED => {
                     self.add_policy(&s, service);
                 }
                 _ => {}
@@ -348,6 +382,10 @@ impl MeshCounters {
                 entry.requests += count;
                 if code() >= 500 {
                     entry.server_errors += count;
+                }
+                if s.label("error") == Some(DEADLINE_EXCEEDED) {
+                    let at = endpoint.unwrap_or_default().to_owned();
+                    *entry.cut_at.entry(at).or_default() += count;
                 }
             } else if let Some(le) = le() {
                 entry.latency.add(le, count);
@@ -397,7 +435,8 @@ impl MeshCounters {
         }
     }
 
-    /// Retries and backups, summed over the addressed service's routes.
+    /// Retries, backups and flow control, summed over the addressed
+    /// service's routes.
     fn add_policy(&mut self, s: &Sample<'_>, service: &str) {
         let count = s.value as u64;
         let entry = self.callers.entry(service.to_owned()).or_default();
@@ -407,6 +446,9 @@ impl MeshCounters {
             (HEDGES, Some("sent")) => entry.hedges_sent += count,
             (HEDGES, Some("won")) => entry.hedges_won += count,
             (HEDGES_SUPPRESSED, _) => entry.hedges_suppressed += count,
+            (ADMISSION_REFUSED, Some("dropped")) => entry.dropped += count,
+            (ADMISSION_REFUSED, Some("rate_limited")) => entry.rate_limited += count,
+            (ADMISSION_REFUSED, Some("denied")) => entry.denied += count,
             (HEDGE_DELAY, _) if s.value.is_finite() => {
                 entry.hedge_delay = Some(entry.hedge_delay.unwrap_or(0.0).max(s.value));
             }

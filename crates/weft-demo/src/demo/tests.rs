@@ -5,8 +5,10 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
+use tokio::sync::watch;
 use weft_test_support::{HttpClient, wait_until};
 
+use super::script::{Action, DROP, LIMIT, RAISED};
 use super::*;
 
 /// Runs the demo on the first free `127.<base>.x.y` range from `first`
@@ -17,15 +19,30 @@ async fn run_somewhere<F: Future<Output = ()>>(
     opts: DemoOptions,
     shutdown: impl Fn(u8) -> F,
 ) -> (u8, DemoReport) {
+    run_staged_somewhere(first, opts, |ip_base| {
+        (Staging::default(), shutdown(ip_base))
+    })
+    .await
+}
+
+/// [`run_somewhere`], each attempt staged by `stage` (which also makes
+/// the attempt's shutdown future).
+async fn run_staged_somewhere<F: Future<Output = ()>>(
+    first: u8,
+    opts: DemoOptions,
+    stage: impl Fn(u8) -> (Staging, F),
+) -> (u8, DemoReport) {
     let start = first.wrapping_add((std::process::id() % 16) as u8 * 2);
     for i in 0..8 {
         let ip_base = start.wrapping_add(i * 32);
-        match run(
+        let (staging, shutdown) = stage(ip_base);
+        match run_staged(
             DemoOptions {
                 ip_base,
                 ..opts.clone()
             },
-            shutdown(ip_base),
+            staging,
+            shutdown,
         )
         .await
         {
@@ -248,4 +265,269 @@ async fn a_live_edit_moves_traffic_and_ctrl_c_frees_every_port() {
     );
     assert!(dir.exists(), "a directory the user named is kept");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The first view (from now on) that `ok` accepts, within `bound`; panics
+/// with the last view shown otherwise.
+async fn view_where(
+    views: &mut watch::Receiver<Option<View>>,
+    what: &str,
+    bound: Duration,
+    ok: impl Fn(&View) -> bool,
+) -> View {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        if let Some(v) = views.borrow_and_update().as_ref().filter(|v| ok(v)) {
+            return v.clone();
+        }
+        if !matches!(
+            tokio::time::timeout_at(deadline, views.changed()).await,
+            Ok(Ok(()))
+        ) {
+            let last = views.borrow().as_ref().map(view::render);
+            panic!(
+                "{what}: not within {bound:?}; the last view:\n{}",
+                last.unwrap_or_default()
+            );
+        }
+    }
+}
+
+fn calls<'a>(v: &'a View, service: &str) -> &'a CallSummary {
+    v.calls
+        .iter()
+        .find(|c| c.service == service)
+        .unwrap_or_else(|| panic!("no calls to {service}:\n{}", view::render(v)))
+}
+
+/// A sample app's request count (`/_weft/stats`).
+async fn app_requests(addr: SocketAddr) -> u64 {
+    let r = HttpClient::http1()
+        .get(addr, "app", "/_weft/stats")
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    stats["requests"].as_u64().unwrap()
+}
+
+/// The calls to ledger that payments' sidecar cut, from its own metrics.
+async fn cut_at_payments(admin: SocketAddr) -> f64 {
+    let r = HttpClient::http1()
+        .get(admin, "admin", "/metrics")
+        .await
+        .unwrap();
+    metric(
+        &r.text(),
+        "weft_requests_total",
+        &[
+            "direction=\"outbound\"",
+            "service=\"ledger.default\"",
+            "error=\"deadline-exceeded\"",
+        ],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Steps through the default script as fast as the mesh follows, checking
+/// after each flow step what a user watching the view would see.
+async fn step_through_the_script(
+    ip_base: u8,
+    go: tokio::sync::mpsc::UnboundedSender<()>,
+    mut views: watch::Receiver<Option<View>>,
+    opts: DemoOptions,
+) {
+    const BOUND: Duration = Duration::from_secs(20);
+    let rates = script::Rates::for_rate(opts.rate);
+    let payments = mesh::pod_named("payments").unwrap();
+    let ledger = mesh::pod_named("ledger").unwrap();
+    let payments_admin = payments.addr(ip_base, mesh::ADMIN_PORT);
+    let ledger_app = ledger.addr(ip_base, mesh::APP_PORT);
+    // Traffic through the whole mesh first, the deadline chain completing.
+    view_where(&mut views, "the chain completing", BOUND, |v| {
+        v.chain.ok > 0 && calls(v, "ledger").cut == 0
+    })
+    .await;
+    for step in SCRIPT {
+        let before = views.borrow().clone().expect("a view before any step");
+        let generation = before.generations.map_or(0, |(_, hi)| hi);
+        go.send(()).unwrap();
+        let event = step.describe(rates);
+        view_where(&mut views, &event, BOUND, |v| {
+            v.events.iter().any(|e| e.what == event)
+        })
+        .await;
+        let Action::Policy(policy) = step.action else {
+            if step.action
+                == (Action::Fault {
+                    pod: "payments",
+                    change: Some("latency=110ms"),
+                })
+            {
+                let settle = opts.window + opts.refresh;
+                the_deadline_cuts_the_slow_chain(&mut views, payments_admin, ledger_app, settle)
+                    .await;
+            }
+            continue;
+        };
+        // Served by the control plane and applied by every sidecar...
+        let name = |v: &View, policy: &str| v.flow.iter().any(|f| f.name == policy);
+        let in_force = view_where(&mut views, "every sidecar on the new config", BOUND, |v| {
+            v.generations
+                .is_some_and(|(lo, hi)| lo == hi && hi > generation)
+                && match policy {
+                    Some(text) if text == DROP => name(v, "catalog-flow"),
+                    Some(_) => name(v, "pricing-flow") && !name(v, "catalog-flow"),
+                    None => !name(v, "pricing-flow"),
+                }
+        })
+        .await;
+        // ...and a whole window of traffic under it.
+        let since = in_force.elapsed + opts.window + opts.refresh;
+        let v = view_where(&mut views, "a window under the change", BOUND, |v| {
+            v.elapsed >= since
+        })
+        .await;
+        let (catalog, pricing) = (calls(&v, "catalog"), calls(&v, "pricing"));
+        let shown = view::render(&v);
+        match policy {
+            Some(text) if text == DROP => {
+                let share = catalog.share_of(catalog.dropped);
+                assert!(
+                    catalog.requests >= 100 && (0.12..=0.28).contains(&share),
+                    "about 20% of the calls to catalog dropped: {catalog:?}\n{shown}"
+                );
+                assert_eq!(catalog.refused(), catalog.dropped, "{shown}");
+            }
+            Some(text) if text == LIMIT => {
+                assert_eq!(catalog.dropped, 0, "the drop ratio is gone: {shown}");
+                // pricing gets the whole rate; the bucket lets 60% through.
+                let share = pricing.share_of(pricing.rate_limited);
+                assert!(
+                    (0.2..=0.6).contains(&share),
+                    "about 40% of the calls to pricing limited: {pricing:?}\n{shown}"
+                );
+                assert!(shown.contains("pricing-flow: rateLimit"), "{shown}");
+            }
+            Some(text) => {
+                assert_eq!(text, RAISED);
+                assert!(pricing.requests > 0 && pricing.rate_limited == 0, "{shown}");
+            }
+            None => {
+                assert!(
+                    catalog.refused() + pricing.refused() == 0
+                        && v.flow.iter().all(|f| f.name == "ledger-deadline"),
+                    "{shown}"
+                );
+            }
+        }
+    }
+    // The script healed payments: the chain completes again.
+    view_where(&mut views, "the chain completing again", BOUND, |v| {
+        v.chain.ok > 0 && calls(v, "ledger").cut == 0
+    })
+    .await;
+}
+
+/// With payments slowed past what the deadline leaves for ledger: cuts at
+/// payments' sidecar, and ledger's app gets none of the cut calls.
+async fn the_deadline_cuts_the_slow_chain(
+    views: &mut watch::Receiver<Option<View>>,
+    payments_admin: SocketAddr,
+    ledger_app: SocketAddr,
+    settle: Duration,
+) {
+    const BOUND: Duration = Duration::from_secs(20);
+    let v = view_where(views, "calls to ledger cut", BOUND, |v| {
+        calls(v, "ledger").cut > 0
+    })
+    .await;
+    let shown = view::render(&v);
+    assert!(
+        shown.contains(
+            "calls to ledger cut at payments' sidecar, never sent (504 deadline-exceeded)"
+        ),
+        "{shown}"
+    );
+    assert_eq!(calls(&v, "ledger").cut_at, ["payments"], "{shown}");
+    // From now on every request is slow at payments: none may reach ledger.
+    let (cut, reached) = (
+        cut_at_payments(payments_admin).await,
+        app_requests(ledger_app).await,
+    );
+    assert!(cut >= 1.0);
+    wait_until("20 more calls cut", BOUND, || async {
+        cut_at_payments(payments_admin).await >= cut + 20.0
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        app_requests(ledger_app).await,
+        reached,
+        "ledger's app got none of the cut calls"
+    );
+    // The view says so too: a whole window of cuts, nothing received.
+    let since = v.elapsed + settle;
+    let v = view_where(views, "a window of cuts", BOUND, |v| v.elapsed >= since).await;
+    // (The sidecars' numbers: the driver's own are a second behind.)
+    let service = |name: &str| v.services.iter().find(|s| s.service == name);
+    let checkout = service("checkout").expect("checkout answers");
+    assert!(
+        checkout.requests > 0
+            && checkout.ok == 0
+            && calls(&v, "ledger").cut > 0
+            && service("ledger").is_none_or(|s| s.requests == 0),
+        "{}",
+        view::render(&v)
+    );
+}
+
+/// The default script's flow-control steps, stepped through as fast as the
+/// mesh follows (each step when the previous one has been seen acting):
+/// the drop ratio written to flow.yaml drops about a fifth of the calls to
+/// catalog, the rate limit below the offered rate refuses pricing's excess
+/// and stops once raised, and payments slowed past the deadline's budget
+/// has its calls to ledger cut, ledger's app getting none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_script_changes_flow_control_online_and_a_deadline_cuts_a_slow_chain() {
+    let opts = DemoOptions {
+        rate: 100,
+        plain: true,
+        refresh: Duration::from_millis(250),
+        window: Duration::from_secs(3),
+        ..DemoOptions::default()
+    };
+    let started = std::time::Instant::now();
+    let (_, report) = run_staged_somewhere(103, opts.clone(), |ip_base| {
+        let (go, pace) = tokio::sync::mpsc::unbounded_channel();
+        let (views, seen) = watch::channel(None);
+        let staging = Staging {
+            script: SCRIPT,
+            pace: script::Pace::Stepped(pace),
+            views: Some(views),
+        };
+        (
+            staging,
+            step_through_the_script(ip_base, go, seen, opts.clone()),
+        )
+    })
+    .await;
+    eprintln!("stepped through the script in {:?}", started.elapsed());
+    // Every step is an event, in order, the flow steps naming the file.
+    let rates = script::Rates::for_rate(100);
+    let whats: Vec<String> = report.events.iter().map(|e| e.what.clone()).collect();
+    let mut at = 0;
+    for step in SCRIPT {
+        let want = step.describe(rates);
+        at += whats[at..]
+            .iter()
+            .position(|w| *w == want)
+            .unwrap_or_else(|| panic!("no event {want:?} after {at}: {whats:#?}"));
+    }
+    assert!(
+        whats
+            .iter()
+            .any(|w| w.starts_with("dropRatio 0.2 on catalog") && w.ends_with("(wrote flow.yaml)"))
+    );
+    assert!(whats.iter().any(|w| w.ends_with("(removed flow.yaml)")));
+    assert!(report.chain_requests > 0 && report.chain_ok < report.chain_requests);
 }

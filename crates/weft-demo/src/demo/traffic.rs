@@ -1,6 +1,6 @@
-//! The traffic driver: `rate` GETs per second into the frontend's sidecar
-//! inbound listener, as an ingress would send them, sent by `weft load`'s
-//! engine ([`weft_load::run`]).
+//! The traffic driver: `rate` GETs per second into a pod's sidecar inbound
+//! listener (the frontend's; the deadline chain's entry), as an ingress
+//! would send them, sent by `weft load`'s engine ([`weft_load::run`]).
 //!
 //! Open loop on a fixed schedule: request `n` is due at `start + n / rate`
 //! whatever happened to earlier ones, so a slow mesh shows as latency rather
@@ -102,6 +102,8 @@ pub(crate) struct Target {
     /// `Host` of every request.
     pub(crate) host: &'static str,
     pub(crate) path: &'static str,
+    /// More headers on every request (a deadline).
+    pub(crate) headers: &'static [(&'static str, &'static str)],
 }
 
 impl Driver {
@@ -112,6 +114,12 @@ impl Driver {
             http::header::HOST,
             http::HeaderValue::from_static(target.host),
         );
+        for (name, value) in target.headers {
+            spec.headers.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static(value),
+            );
+        }
         spec.rate = RatePlan::Steps(vec![f64::from(rate.max(1))]);
         spec.duration = FOREVER;
         spec.warmup = Duration::ZERO;

@@ -1,6 +1,8 @@
 //! The live view: per-service rates, success and latency; what callers got
 //! from each addressed service and what its TrafficPolicy did for them
-//! (retries, backups); and how each addressed service's traffic spreads
+//! (retries, backups; requests refused by flow control or cut by a
+//! deadline, next to the flow policies in force); and how each addressed
+//! service's traffic spreads
 //! over its endpoints, with the weight callers give each one and what its
 //! app is set to do. Computed from counter deltas (and gauges) and
 //! rendered as plain text by a pure function (`render`).
@@ -63,6 +65,17 @@ pub struct CallSummary {
     pub hedges_suppressed: u64,
     /// How long callers wait before a backup now (the longest of theirs).
     pub hedge_delay: Option<Duration>,
+    /// Refused by the route's drop ratio (503 `dropped`).
+    pub dropped: u64,
+    /// Refused by the route's local rate limit (429 `rate-limited`).
+    pub rate_limited: u64,
+    /// Refused because the caller is denied (403 `denied`).
+    pub denied: u64,
+    /// Answered 504 `deadline-exceeded` by the caller's sidecar without
+    /// being sent: too little of the caller's deadline was left.
+    pub cut: u64,
+    /// The pods whose sidecars cut them (their names, or `IP:PORT`).
+    pub cut_at: Vec<String>,
 }
 
 impl CallSummary {
@@ -70,6 +83,129 @@ impl CallSummary {
     pub fn success_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| 1.0 - self.failed as f64 / self.requests as f64)
     }
+
+    /// Refused by flow control or cut by a deadline.
+    pub fn refused(&self) -> u64 {
+        self.dropped + self.rate_limited + self.denied + self.cut
+    }
+
+    /// `part / requests`, 0 without requests.
+    pub fn share_of(&self, part: u64) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            part as f64 / self.requests as f64
+        }
+    }
+}
+
+/// A TrafficPolicy with flow-control sections (admission, rate limit,
+/// deadline, fault) as the control plane serves it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlowPolicy {
+    /// The name callers address (`catalog`): the view's group it governs.
+    pub service: String,
+    /// The policy's name.
+    pub name: String,
+    /// Its flow sections, briefly: `dropRatio 0.2`, `rateLimit 30/s burst
+    /// 5`, `deadline margin 60ms`.
+    pub what: String,
+}
+
+/// The flow-control policies of `config`, under the group each governs
+/// (a Service target: the group it is or is a backend of; a route target:
+/// its parent Service's group).
+pub(crate) fn flow_policies(config: &Config, groups: &[SplitGroup]) -> Vec<FlowPolicy> {
+    let label = |namespace: &str, name: &str| format!("{name}.{namespace}");
+    let group_of = |service: &str| {
+        groups
+            .iter()
+            .find(|g| g.service == short(service) || g.backends.iter().any(|(b, _)| b == service))
+            .map(|g| g.service.clone())
+    };
+    let mut out = Vec::new();
+    for policy in &config.traffic_policies {
+        let what = describe_flow(&policy.sections);
+        if what.is_empty() {
+            continue;
+        }
+        let mut services: Vec<String> = Vec::new();
+        for target in &policy.target_refs {
+            let parents: Vec<String> = match target.kind {
+                weft_model::PolicyTargetKind::Service => {
+                    vec![label(&policy.namespace, &target.name)]
+                }
+                _ => config
+                    .http_routes
+                    .iter()
+                    .filter(|r| r.name == target.name && r.namespace == policy.namespace)
+                    .flat_map(|r| &r.parent_refs)
+                    .filter(|p| p.kind == weft_model::ParentKind::Service)
+                    .map(|p| label(&p.namespace, &p.name))
+                    .collect(),
+            };
+            for group in parents.iter().filter_map(|p| group_of(p)) {
+                if !services.contains(&group) {
+                    services.push(group);
+                }
+            }
+        }
+        out.extend(services.into_iter().map(|service| FlowPolicy {
+            service,
+            name: policy.name.clone(),
+            what: what.clone(),
+        }));
+    }
+    out.sort_by(|a, b| a.service.cmp(&b.service).then_with(|| a.name.cmp(&b.name)));
+    out
+}
+
+/// A policy's flow sections in a few words; empty without any.
+fn describe_flow(p: &weft_model::PolicySections) -> String {
+    let mut parts = Vec::new();
+    if let Some(a) = &p.admission {
+        if a.drop_ratio > 0.0 {
+            let from = if a.sources.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", a.sources.join(","))
+            };
+            parts.push(format!("dropRatio {}{from}", a.drop_ratio));
+        }
+        if !a.denied_sources.is_empty() {
+            parts.push(format!("denies {}", a.denied_sources.join(",")));
+        }
+        if a.dry_run {
+            parts.push("dry run".to_owned());
+        }
+    }
+    if let Some(r) = &p.rate_limit {
+        if let Some(l) = &r.local {
+            let per = if l.per_source { " per caller" } else { "" };
+            parts.push(format!(
+                "rateLimit {}/s burst {}{per}",
+                l.requests_per_second, l.burst
+            ));
+        }
+        if let Some(g) = &r.global {
+            parts.push(format!(
+                "global limit {}/{}",
+                g.requests_per_unit,
+                g.unit.as_str()
+            ));
+        }
+    }
+    if let Some(d) = &p.deadline {
+        parts.push(if d.propagate {
+            format!("deadline margin {}ms", d.margin.as_millis())
+        } else {
+            "deadline not propagated".to_owned()
+        });
+    }
+    if p.fault.is_some() {
+        parts.push("fault injection".to_owned());
+    }
+    parts.join(", ")
 }
 
 /// One endpoint's part of the traffic sent to a service callers address.
@@ -226,6 +362,7 @@ pub(crate) fn call_rows(
     delta: &MeshCounters,
     window: Duration,
     groups: &[SplitGroup],
+    pods: &[PodInfo],
 ) -> Vec<CallSummary> {
     groups
         .iter()
@@ -241,8 +378,10 @@ pub(crate) fn call_rows(
                 // business error (a 200) only in `given_up`, the proxy's
                 // own 503s (no endpoint) only in `server_errors`: the
                 // larger is the closest to their union without counting
-                // the common case twice.
-                failed: c.server_errors.max(c.given_up).min(c.requests),
+                // the common case twice. Drops and deadline cuts are
+                // 5xx; a rate limit (429) or a denial (403) is not.
+                failed: (c.server_errors.max(c.given_up) + c.rate_limited + c.denied)
+                    .min(c.requests),
                 rps: per_second(c.requests, window),
                 p50: quantile(&c.latency, 0.5),
                 p99: quantile(&c.latency, 0.99),
@@ -251,6 +390,20 @@ pub(crate) fn call_rows(
                 hedges_won: c.hedges_won,
                 hedges_suppressed: c.hedges_suppressed,
                 hedge_delay: c.hedge_delay.map(|s| Duration::from_secs_f64(s.max(0.0))),
+                dropped: c.dropped,
+                rate_limited: c.rate_limited,
+                denied: c.denied,
+                cut: c.cut(),
+                cut_at: c
+                    .cut_at
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(at, _)| {
+                        pods.iter()
+                            .find(|p| p.endpoint == *at)
+                            .map_or_else(|| at.clone(), |p| p.name.to_owned())
+                    })
+                    .collect(),
             })
         })
         .collect()
@@ -380,9 +533,13 @@ pub(crate) struct View {
     /// Why the newest config on disk was rejected, if it was.
     pub(crate) config_error: Option<String>,
     pub(crate) ingress: IngressRow,
+    /// What the deadline chain's driver sent (with its deadline).
+    pub(crate) chain: IngressRow,
     pub(crate) services: Vec<ServiceSummary>,
     pub(crate) calls: Vec<CallSummary>,
     pub(crate) endpoints: Vec<EndpointShare>,
+    /// The flow-control policies the control plane serves now.
+    pub(crate) flow: Vec<FlowPolicy>,
     /// The latest events, oldest first.
     pub(crate) events: Vec<DemoEvent>,
     /// The script's next step, announced.

@@ -366,3 +366,41 @@ pub async fn answer_counts(
     }
     counts
 }
+
+/// A `weft proxy --xds` sidecar of Service `cluster` (node `node`) on
+/// free ports, following the control plane at `xds`; ready once it has
+/// its first config and its listeners.
+pub async fn xds_sidecar(xds: SocketAddr, node: &str, cluster: &str) -> Proxy {
+    let (outbound, inbound, admin) = (free_addr(), free_addr(), free_addr());
+    let (x, o, i, a) = (
+        xds.to_string(),
+        outbound.to_string(),
+        inbound.to_string(),
+        admin.to_string(),
+    );
+    let args = [
+        "proxy",
+        "--xds",
+        &x,
+        "--node-id",
+        node,
+        "--cluster",
+        cluster,
+        "--outbound",
+        &o,
+        "--inbound",
+        &i,
+        "--admin",
+        &a,
+        "--workers",
+        "1",
+    ];
+    let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy --xds");
+    wait_ready(&format!("proxy {node} ready"), admin, READY).await;
+    Proxy {
+        proc,
+        outbound,
+        inbound,
+        admin,
+    }
+}

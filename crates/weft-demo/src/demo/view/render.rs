@@ -1,11 +1,12 @@
 //! The view as plain text (no terminal control codes): a header, the
-//! ingress line, three tables (services as they answered, services as
-//! their callers got them, endpoints) and the recent events.
+//! ingress lines, four tables (services as they answered, services as
+//! their callers got them, flow control, endpoints) and the recent events.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::{CallSummary, EndpointShare, View, per_second};
+use super::{CallSummary, EndpointShare, IngressRow, View, per_second};
+use crate::demo::CHAIN_DEADLINE_MS;
 
 /// Lines of a rejected config's errors shown; the rest is counted.
 const MAX_ERROR_LINES: usize = 6;
@@ -19,13 +20,17 @@ pub(crate) fn render(v: &View) -> String {
     render_header(&mut out, v);
     render_services(&mut out, v);
     render_calls(&mut out, v);
+    render_flow(&mut out, v);
     render_endpoints(&mut out, v);
     render_events(&mut out, v);
     out.push_str(
         "SERVICE: as its own sidecars answered (success: not a 5xx). CALLS TO: as the callers'\n\
          sidecars answered them, after retries and backups (HEDGES sent, WON first); a business\n\
-         error given up counts as failed. WEIGHT: effective / configured weight at the callers.\n\
-         P50: the endpoint's own sidecar. APP: its app's latency and injected faults.\n",
+         error given up counts as failed. FLOW CONTROL: calls the callers' sidecars refused\n\
+         (DROPPED 503, LIMITED 429) or CUT (504 deadline-exceeded: too little of the deadline\n\
+         left to send them), and the flow policies in force. WEIGHT: effective / configured\n\
+         weight at the callers. P50: the endpoint's own sidecar. APP: its app's latency and\n\
+         injected faults.\n",
     );
     // Padding of empty last columns would only be trailing blanks.
     out.lines()
@@ -80,16 +85,105 @@ fn render_header(out: &mut String, v: &View) {
             "  edit it (the 90/10 weights; delete the pricing-hedging TrafficPolicy) and watch traffic move"
         );
     }
-    let i = &v.ingress;
+    out.push('\n');
+    ingress_line(out, "frontend", &v.ingress, "");
+    let deadline = format!("  (deadline {CHAIN_DEADLINE_MS}ms)");
+    ingress_line(out, "checkout", &v.chain, &deadline);
+}
+
+fn ingress_line(out: &mut String, to: &str, i: &IngressRow, note: &str) {
     let _ = writeln!(
         out,
-        "\ningress -> frontend  {:.1} req/s  ok {}  p50 {}  p99 {}  late {}",
+        "ingress -> {to:<9} {:.1} req/s  ok {}  p50 {}  p99 {}  late {}{note}",
         i.rps,
         percent((i.done > 0).then(|| i.ok as f64 / i.done as f64)),
         latency(i.p50),
         latency(i.p99),
         i.late
     );
+}
+
+/// Per addressed service with a flow policy in force or calls refused in
+/// the window: the calls refused by reason, the policy, and where a
+/// deadline cut calls short (with what their target received meanwhile).
+fn render_flow(out: &mut String, v: &View) {
+    let refused = |service: &str| v.calls.iter().find(|c| c.service == service);
+    let mut names: Vec<&str> = v.flow.iter().map(|f| f.service.as_str()).collect();
+    for c in v.calls.iter().filter(|c| c.refused() > 0) {
+        names.push(&c.service);
+    }
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<14}{:>9}{:>9}{:>9}{:>9}  POLICY IN FORCE",
+        "FLOW CONTROL", "REFUSED", "DROPPED", "LIMITED", "CUT"
+    );
+    let count = |n: u64| {
+        if n == 0 {
+            "-".to_owned()
+        } else {
+            n.to_string()
+        }
+    };
+    for name in &names {
+        let policies: Vec<String> = v
+            .flow
+            .iter()
+            .filter(|f| f.service == *name)
+            .map(|f| format!("{}: {}", f.name, f.what))
+            .collect();
+        let policy = if policies.is_empty() {
+            "-".to_owned()
+        } else {
+            policies.join("; ")
+        };
+        let (share, dropped, limited, cut) = match refused(name) {
+            Some(c) if c.refused() > 0 => (
+                format!("{:.1}%", c.share_of(c.refused()) * 100.0),
+                count(c.dropped),
+                count(c.rate_limited),
+                count(c.cut),
+            ),
+            _ => (
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{name:<14}{share:>9}{dropped:>9}{limited:>9}{cut:>9}  {policy}"
+        );
+    }
+    for c in v.calls.iter().filter(|c| c.cut > 0) {
+        let at = c
+            .cut_at
+            .iter()
+            .map(|p| {
+                if p.ends_with('s') {
+                    format!("{p}'")
+                } else {
+                    format!("{p}'s")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" and ");
+        let received = v
+            .services
+            .iter()
+            .find(|s| s.service == c.service)
+            .map_or(0, |s| s.requests);
+        let _ = writeln!(
+            out,
+            "  {} calls to {} cut at {at} sidecar, never sent (504 deadline-exceeded); {} received {received}",
+            c.cut, c.service, c.service
+        );
+    }
 }
 
 fn render_services(out: &mut String, v: &View) {

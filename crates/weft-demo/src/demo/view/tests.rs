@@ -27,7 +27,15 @@ fn groups_put_split_backends_under_the_addressed_service() {
     let names: Vec<_> = groups.iter().map(|g| g.service.as_str()).collect();
     assert_eq!(
         names,
-        ["catalog", "frontend", "inventory", "pricing"],
+        [
+            "catalog",
+            "checkout",
+            "frontend",
+            "inventory",
+            "ledger",
+            "payments",
+            "pricing"
+        ],
         "catalog-v1/v2 only under catalog"
     );
     assert_eq!(
@@ -37,7 +45,7 @@ fn groups_put_split_backends_under_the_addressed_service() {
             ("catalog-v2.default".to_owned(), Some(10))
         ]
     );
-    assert_eq!(groups[2].backends, [("inventory.default".to_owned(), None)]);
+    assert_eq!(groups[3].backends, [("inventory.default".to_owned(), None)]);
 }
 
 #[test]
@@ -177,7 +185,7 @@ fn call_rows_count_given_up_business_errors_as_failures() {
     delta
         .callers
         .insert("frontend.default".into(), CallerCounters::default());
-    let rows = call_rows(&delta, Duration::from_secs(2), &example_groups());
+    let rows = call_rows(&delta, Duration::from_secs(2), &example_groups(), &pods());
     let names: Vec<_> = rows.iter().map(|r| r.service.as_str()).collect();
     assert_eq!(names, ["catalog", "inventory", "pricing"]);
     assert_eq!(rows[0].failed, 3);
@@ -251,6 +259,11 @@ fn sample_view() -> View {
         hedges_won: hedges.1,
         hedges_suppressed: 0,
         hedge_delay: (hedges.0 > 0).then_some(Duration::from_millis(5)),
+        dropped: 0,
+        rate_limited: 0,
+        denied: 0,
+        cut: 0,
+        cut_at: Vec::new(),
     };
     View {
         last: false,
@@ -268,6 +281,15 @@ fn sample_view() -> View {
             rps: 50.0,
             p50: ms(9),
             p99: Some(Duration::from_micros(15_250)),
+        },
+        chain: IngressRow {
+            sent: 50,
+            done: 50,
+            ok: 50,
+            late: 0,
+            rps: 10.0,
+            p50: ms(12),
+            p99: ms(20),
         },
         services: vec![
             service("frontend", 50.0, 250, 250, 8, 14),
@@ -310,6 +332,7 @@ fn sample_view() -> View {
             share("pricing", "pricing", "pricing-1", 125, 0.5, None, 1.0),
             share("pricing", "pricing", "pricing-2", 125, 0.5, None, 1.0),
         ],
+        flow: Vec::new(),
         events: vec![DemoEvent {
             at: Duration::from_secs(70),
             what: "catalog-v1 endpoint catalog-v1-2 ejected by outlier detection".into(),
@@ -327,6 +350,7 @@ config: /tmp/weft-demo-1/demo.yaml (generation 2)
   edit it (the 90/10 weights; delete the pricing-hedging TrafficPolicy) and watch traffic move
 
 ingress -> frontend  50.0 req/s  ok 100.00%  p50 9.0ms  p99 15.2ms  late 0
+ingress -> checkout  10.0 req/s  ok 100.00%  p50 12.0ms  p99 20.0ms  late 0  (deadline 150ms)
 
 SERVICE             RPS   SUCCESS      P50      P99
 frontend           50.0   100.00%    8.0ms   14.0ms
@@ -351,8 +375,11 @@ EVENTS
 
 SERVICE: as its own sidecars answered (success: not a 5xx). CALLS TO: as the callers'
 sidecars answered them, after retries and backups (HEDGES sent, WON first); a business
-error given up counts as failed. WEIGHT: effective / configured weight at the callers.
-P50: the endpoint's own sidecar. APP: its app's latency and injected faults.
+error given up counts as failed. FLOW CONTROL: calls the callers' sidecars refused
+(DROPPED 503, LIMITED 429) or CUT (504 deadline-exceeded: too little of the deadline
+left to send them), and the flow policies in force. WEIGHT: effective / configured
+weight at the callers. P50: the endpoint's own sidecar. APP: its app's latency and
+injected faults.
 ";
     assert_eq!(text, expected, "got:\n{text}");
 }
@@ -423,4 +450,98 @@ fn the_final_block_has_no_edit_hint_and_shows_a_rejected_config() {
         text.contains("EVENTS\n  (3 earlier)\n     3s  event 3\n"),
         "the last 12 events: {text}"
     );
+}
+
+#[test]
+fn flow_policies_sit_under_the_service_their_callers_address() {
+    let flow = "
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: catalog-flow}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: catalog-split}]
+  admission: {dropRatio: 0.2}
+---
+apiVersion: weft.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: pricing-flow}
+spec:
+  targetRefs: [{kind: Service, name: pricing}]
+  rateLimit: {local: {requestsPerSecond: 30, burst: 5}}
+";
+    let config =
+        weft_model::load_str(&format!("{EXAMPLE_CONFIG}\n---\n{flow}"), CONFIG_FILE).unwrap();
+    let groups = split_groups(&config);
+    let shown: Vec<_> = flow_policies(&config, &groups)
+        .into_iter()
+        .map(|f| format!("{} {}: {}", f.service, f.name, f.what))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "catalog catalog-flow: dropRatio 0.2",
+            "ledger ledger-deadline: deadline margin 60ms",
+            "pricing pricing-flow: rateLimit 30/s burst 5",
+        ],
+        "hedging, retries and the like are not flow control"
+    );
+}
+
+#[test]
+fn the_flow_table_shows_refusals_by_reason_the_policy_and_where_a_deadline_cut() {
+    let mut delta = MeshCounters::default();
+    // The frontend's sidecar: catalog's drop ratio and pricing's limit.
+    delta.add_exposition(
+        r#"weft_requests_total{direction="outbound",service="catalog.default",route="catalog-split.0",code="200",error=""} 80
+weft_requests_total{direction="outbound",service="catalog.default",route="catalog-split.0",code="503",error="dropped"} 20
+weft_admission_refused_total{service="catalog.default",route="catalog-split.0",reason="dropped"} 20
+weft_requests_total{direction="outbound",service="pricing.default",route="default",code="200",error=""} 60
+weft_requests_total{direction="outbound",service="pricing.default",route="default",code="429",error="rate-limited"} 40
+weft_admission_refused_total{service="pricing.default",route="default",reason="rate_limited"} 40
+weft_admission_refused_total{service="pricing.default",route="default",reason="dropped_dry_run"} 7
+"#,
+        Some("127.0.1.1:15006"),
+    );
+    // payments' sidecar: every call to ledger cut.
+    delta.add_exposition(
+        r#"weft_requests_total{direction="outbound",service="ledger.default",route="default",code="504",error="deadline-exceeded"} 50
+"#,
+        Some("127.0.6.1:15006"),
+    );
+    let rows = call_rows(&delta, Duration::from_secs(5), &example_groups(), &pods());
+    let row = |name: &str| rows.iter().find(|r| r.service == name).unwrap().clone();
+    assert_eq!((row("catalog").dropped, row("catalog").failed), (20, 20));
+    let pricing = row("pricing");
+    assert_eq!(
+        (pricing.rate_limited, pricing.dropped),
+        (40, 0),
+        "dry run is not a drop"
+    );
+    assert_eq!(
+        pricing.success_rate(),
+        Some(0.6),
+        "a 429 is a failure for the caller"
+    );
+    let ledger = row("ledger");
+    assert_eq!(
+        (ledger.cut, ledger.cut_at.clone()),
+        (50, vec!["payments".to_owned()])
+    );
+
+    let mut view = sample_view();
+    view.calls = rows;
+    view.flow = vec![FlowPolicy {
+        service: "catalog".into(),
+        name: "catalog-flow".into(),
+        what: "dropRatio 0.2".into(),
+    }];
+    let text = render(&view);
+    let table = "\
+FLOW CONTROL    REFUSED  DROPPED  LIMITED      CUT  POLICY IN FORCE
+catalog           20.0%       20        -        -  catalog-flow: dropRatio 0.2
+ledger           100.0%        -        -       50  -
+pricing           40.0%        -       40        -  -
+  50 calls to ledger cut at payments' sidecar, never sent (504 deadline-exceeded); ledger received 0
+";
+    assert!(text.contains(table), "got:\n{text}");
 }
