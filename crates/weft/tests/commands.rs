@@ -78,10 +78,14 @@ async fn demo_serves_traffic_and_stops_on_sigterm() {
     assert!(ok / sent > 0.9, "success {ok}/{sent}");
     // The deadline chain runs beside it, its deadline met until the script
     // slows payments down (at 48 s).
-    wait_until("deadline chain traffic", Duration::from_secs(30), || async {
-        let m = client.get(admin, "admin", "/metrics").await.ok()?.text();
-        (sample(&m, "weft_demo_chain_requests_ok_total") >= 10.0).then_some(())
-    })
+    wait_until(
+        "deadline chain traffic",
+        Duration::from_secs(30),
+        || async {
+            let m = client.get(admin, "admin", "/metrics").await.ok()?.text();
+            (sample(&m, "weft_demo_chain_requests_ok_total") >= 10.0).then_some(())
+        },
+    )
     .await
     .unwrap();
     // The frontend pod's sidecar is up too, with the split visible in its view.

@@ -562,7 +562,10 @@ spec:
         ("{requestsPerUnit: 0}", "global.requestsPerUnit"),
         ("{requestsPerUnit: 5000000000}", "global.requestsPerUnit"),
         ("{requestsPerUnit: 10, unit: week}", "global.unit"),
-        ("{requestsPerUnit: 10, failureMode: maybe}", "global.failureMode"),
+        (
+            "{requestsPerUnit: 10, failureMode: maybe}",
+            "global.failureMode",
+        ),
     ] {
         let bad = ok.replace(
             "{requestsPerUnit: 600, unit: minute, failureMode: closed}",
