@@ -439,7 +439,7 @@ impl crate::Config {
             .collect();
             if !weft_only.is_empty() {
                 out.push(format!(
-                    "TrafficPolicy {}/{} sets {}: enforced by weft proxies (on the caller's side); Envoy nodes get the fault, local and global rate limit filters, without dry run, sources, deniedSources or perSource",
+                    "TrafficPolicy {}/{} sets {}: enforced by weft proxies (on the caller's side); Envoy nodes get the fault, local and global rate limit filters, without dry run, sources or deniedSources",
                     p.namespace,
                     p.name,
                     weft_only.join(", ")

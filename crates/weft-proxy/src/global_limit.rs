@@ -48,6 +48,8 @@ pub type GlobalLimitEvents = Family<GlobalLimitLabels, Counter>;
 /// descriptor.
 pub struct GlobalLimits {
     service: Option<String>,
+    /// This proxy's Service (`name.namespace`), sent for `perSource` limits.
+    source: String,
     client: OnceLock<Result<Client, String>>,
     leases: Mutex<HashMap<String, Arc<Lease>>>,
 }
@@ -63,9 +65,11 @@ impl std::fmt::Debug for GlobalLimits {
 impl GlobalLimits {
     /// `service`: `HOST:PORT` or an `http://` URI; `None`: every global
     /// limit applies its failure mode.
-    pub fn new(service: Option<String>) -> Arc<Self> {
+    /// `source`: this proxy's Service, `name.namespace`.
+    pub fn new(service: Option<String>, source: impl Into<String>) -> Arc<Self> {
         Arc::new(GlobalLimits {
             service,
+            source: source.into(),
             client: OnceLock::new(),
             leases: Mutex::new(HashMap::new()),
         })
@@ -313,13 +317,20 @@ impl Lease {
     /// One `ShouldRateLimit` for `batch` hits: the grant and whether the
     /// service answered from its failure mode.
     async fn call(&self, mut client: Client, batch: u32) -> Result<(Grant, bool), String> {
+        let mut entries = vec![rate_limit_descriptor::Entry {
+            key: GlobalRateLimit::DESCRIPTOR_KEY.into(),
+            value: self.descriptor.to_string(),
+        }];
+        if self.config().per_source {
+            entries.push(rate_limit_descriptor::Entry {
+                key: GlobalRateLimit::SOURCE_KEY.into(),
+                value: self.owner.source.clone(),
+            });
+        }
         let request = RateLimitRequest {
             domain: GlobalRateLimit::DOMAIN.into(),
             descriptors: vec![RateLimitDescriptor {
-                entries: vec![rate_limit_descriptor::Entry {
-                    key: GlobalRateLimit::DESCRIPTOR_KEY.into(),
-                    value: self.descriptor.to_string(),
-                }],
+                entries,
                 ..Default::default()
             }],
             hits_addend: batch,

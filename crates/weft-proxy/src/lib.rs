@@ -176,7 +176,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let mut builder = SnapshotBuilder::new(BuildOptions {
         connect_timeout: opts.connect_timeout,
         zone: opts.zone.clone(),
-        global_limits: global_limit::GlobalLimits::new(ratelimit),
+        global_limits: global_limit::GlobalLimits::new(ratelimit, qualified(&opts.service)),
     });
     let (snapshot, xds) = first_snapshot(&opts, &mut builder, &registry, &mut metrics)?;
     let local_service: Arc<str> = qualified(&opts.service).into();

@@ -168,12 +168,12 @@ impl RateLimitServer {
 
     async fn decide_one(
         &self,
-        limit: Option<(&Arc<str>, &GlobalRateLimit)>,
+        limit: Option<(&Arc<str>, &GlobalRateLimit, Option<String>)>,
         hits: u32,
         now: Duration,
     ) -> Outcome {
         let metrics = &self.inner.metrics;
-        let Some((name, limit)) = limit else {
+        let Some((name, limit, counter)) = limit else {
             // As in Envoy's reference service: what has no limit is not limited.
             metrics.decided(&self.inner.unknown, Decision::Unknown, hits);
             return Outcome {
@@ -186,7 +186,7 @@ impl RateLimitServer {
             };
         };
         let window = Window::containing(now, limit.unit.seconds());
-        let key = window.counter_key(name);
+        let key = window.counter_key(counter.as_deref().unwrap_or(name));
         let mut status = DescriptorStatus {
             code: Code::Ok as i32,
             current_limit: Some(RlsLimit {
@@ -294,15 +294,39 @@ impl RateLimitService for RateLimitServer {
     }
 }
 
-/// The weft limit a descriptor names: exactly `[("weft-policy", <known>)]`.
+/// The weft limit a descriptor names: `[("weft-policy", <known>)]`, or
+/// with a second entry `("source_cluster", <calling Service>)` (Envoy's
+/// `source_cluster` action), and the counter's name: the policy's, or for
+/// a `perSource` limit the policy's and the caller's (`name` taken as
+/// `name.default`, as weft reads a node's cluster).
 fn weft_limit<'l>(
     limits: &'l Limits,
     d: &RateLimitDescriptor,
-) -> Option<(&'l Arc<str>, &'l GlobalRateLimit)> {
-    match d.entries.as_slice() {
-        [entry] if entry.key == GlobalRateLimit::DESCRIPTOR_KEY => limits.get(&entry.value),
-        _ => None,
+) -> Option<(&'l Arc<str>, &'l GlobalRateLimit, Option<String>)> {
+    let (policy, source) = match d.entries.as_slice() {
+        [entry] => (entry, None),
+        [entry, source] if source.key == GlobalRateLimit::SOURCE_KEY => (entry, Some(source)),
+        _ => return None,
+    };
+    if policy.key != GlobalRateLimit::DESCRIPTOR_KEY {
+        return None;
     }
+    let (name, limit) = limits.get(&policy.value)?;
+    let counter = match source {
+        Some(s) if limit.per_source => {
+            let caller = if s.value.contains('.') {
+                s.value.clone()
+            } else {
+                format!("{}.{}", s.value, weft_model::DEFAULT_NAMESPACE)
+            };
+            Some(format!("{name}|{caller}"))
+        }
+        // One counter for everyone; a `perSource` limit asked without a
+        // caller counts under the caller `unknown`.
+        _ if limit.per_source => Some(format!("{name}|unknown")),
+        _ => None,
+    };
+    Some((name, limit, counter))
 }
 
 /// The descriptor's own `hits_addend` when set, else the request's; 0 is 1.

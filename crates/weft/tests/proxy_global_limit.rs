@@ -283,3 +283,51 @@ async fn envoy_asks_the_control_plane_and_shares_the_limit_with_weft() {
         "Envoy adds the draft headers"
     );
 }
+
+#[tokio::test]
+async fn a_per_source_limit_gives_each_calling_service_its_own_budget() {
+    let a = app("a", &[]).await;
+    let policy = "apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: each}\nspec:\n  targetRefs: [{kind: Service, name: catalog}]\n  rateLimit: {global: {requestsPerUnit: 6, unit: minute, perSource: true}}\n";
+    let dir = config_dir(&[
+        (
+            "svc.yaml",
+            &service("catalog", "http", &[(a.addr, 1)], None),
+        ),
+        ("p.yaml", policy),
+    ]);
+    let cp = control_plane(dir.path()).await;
+    let rls = cp.xds.to_string();
+    // Two instances of frontend share frontend's budget; checkout has its own.
+    let f1 = proxy(dir.path(), "frontend", None, &["--ratelimit", &rls]).await;
+    let f2 = proxy(dir.path(), "frontend", None, &["--ratelimit", &rls]).await;
+    let c = proxy(dir.path(), "checkout", None, &["--ratelimit", &rls]).await;
+    let minute = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    };
+    let started = minute();
+    let client = HttpClient::http1();
+    let (mut frontend, mut checkout) = (0, 0);
+    for _ in 0..10 {
+        for (p, is_frontend) in [(&f1, true), (&f2, true), (&c, false)] {
+            let r = client.get(p.outbound, "catalog", "/").await.unwrap();
+            assert!(r.status == 200 || r.status == 429, "{}", r.status);
+            let n = if is_frontend {
+                &mut frontend
+            } else {
+                &mut checkout
+            };
+            *n += u32::from(r.status == 200);
+        }
+    }
+    eprintln!("frontend (2 instances) {frontend} of 20, checkout {checkout} of 10");
+    if minute() == started {
+        assert_eq!((frontend, checkout), (6, 6));
+    } else {
+        // A minute boundary passed: at most one more window each.
+        assert!((6..=12).contains(&frontend) && (6..=12).contains(&checkout));
+    }
+}

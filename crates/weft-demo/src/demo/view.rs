@@ -181,9 +181,8 @@ fn describe_flow(p: &weft_model::PolicySections) -> String {
     }
     if let Some(r) = &p.rate_limit {
         if let Some(l) = &r.local {
-            let per = if l.per_source { " per caller" } else { "" };
             parts.push(format!(
-                "rateLimit {}/s burst {}{per}",
+                "rateLimit {}/s burst {} per caller",
                 l.requests_per_second, l.burst
             ));
         }

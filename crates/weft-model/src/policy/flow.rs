@@ -6,8 +6,8 @@
 //!   targetRefs: [{kind: Service, name: catalog}]
 //!   admission: {dropRatio: 0.2, dryRun: false, sources: [frontend], deniedSources: [batch]}
 //!   rateLimit:
-//!     local: {requestsPerSecond: 100, burst: 20, perSource: true}
-//!     global: {requestsPerUnit: 1000, unit: second, failureMode: open}
+//!     local: {requestsPerSecond: 100, burst: 20}
+//!     global: {requestsPerUnit: 1000, unit: second, failureMode: open, perSource: false}
 //!   fault:
 //!     delay: {fixed: 50ms, percent: 10}
 //!     abort: {httpStatus: 503, percent: 5}      # or grpcStatus: UNAVAILABLE
@@ -57,6 +57,10 @@ pub struct GlobalRateLimit {
     /// The counter's name at the service: `<namespace>/<policy name>`. Every
     /// request the policy covers counts against it.
     pub descriptor: String,
+    /// One counter (of the whole limit) per calling Service, across all its
+    /// instances, instead of one for everyone.
+    #[serde(default)]
+    pub per_source: bool,
 }
 
 impl GlobalRateLimit {
@@ -64,6 +68,9 @@ impl GlobalRateLimit {
     pub const DESCRIPTOR_KEY: &'static str = "weft-policy";
     /// The rate-limit domain weft's limits live in.
     pub const DOMAIN: &'static str = "weft";
+    /// The descriptor entry naming the calling Service (`perSource`), as
+    /// Envoy's `source_cluster` action sends it.
+    pub const SOURCE_KEY: &'static str = "source_cluster";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -114,8 +121,6 @@ pub struct LocalRateLimit {
     pub requests_per_second: f64,
     /// Requests allowed at once after a quiet period.
     pub burst: u32,
-    /// One bucket per calling Service instead of one for everyone.
-    pub per_source: bool,
 }
 
 /// Injected faults (chaos experiments).
@@ -192,6 +197,7 @@ struct GlobalRateLimitSpec {
     requests_per_unit: u64,
     unit: Option<String>,
     failure_mode: Option<String>,
+    per_source: Option<bool>,
 }
 
 /// The largest global limit per unit (the protocol's counters are u32).
@@ -345,6 +351,7 @@ impl RateLimitSpec {
                 unit,
                 failure_mode,
                 descriptor: descriptor.to_string(),
+                per_source: g.per_source.unwrap_or(false),
             }
         });
         let local = self.local.map(|l| {
@@ -370,10 +377,15 @@ impl RateLimitSpec {
                 // One second's worth, as Envoy's examples do.
                 None => rps.ceil().max(1.0) as u32,
             };
+            if l.per_source.is_some() {
+                f.add(
+                    "local.perSource",
+                    "local limits are kept by each calling proxy, so every caller instance has its own bucket already; for one budget per calling Service across its instances use global: {perSource: true}",
+                );
+            }
             LocalRateLimit {
                 requests_per_second: rps,
                 burst,
-                per_source: l.per_source.unwrap_or(false),
             }
         });
         if local.is_none() && global.is_none() {

@@ -423,10 +423,7 @@ fn flow_sections_load_with_their_defaults() {
     assert_eq!(a.sources, ["frontend"]);
     assert_eq!(a.denied_sources, ["batch"]);
     let l = s.rate_limit.as_ref().unwrap().local.as_ref().unwrap();
-    assert_eq!(
-        (l.requests_per_second, l.burst, l.per_source),
-        (50.5, 51, false)
-    );
+    assert_eq!((l.requests_per_second, l.burst), (50.5, 51));
     let f = s.fault.as_ref().unwrap();
     assert_eq!(f.delay.as_ref().unwrap().fixed, Duration::from_millis(50));
     assert_eq!(f.abort.as_ref().unwrap().status, AbortStatus::Grpc(14));
@@ -443,7 +440,7 @@ fn flow_sections_load_with_their_defaults() {
     assert!(
         w.len() == 1
             && w[0].contains("admission, rateLimit, fault: enforced by weft proxies")
-            && w[0].contains("Envoy nodes get the fault and local rate limit filters"),
+            && w[0].contains("Envoy nodes get the fault, local and global rate limit filters"),
         "{w:?}"
     );
     // The JSON the control plane sends proxies round-trips.
@@ -557,6 +554,7 @@ spec:
     assert_eq!(g.unit, crate::RateLimitUnit::Minute);
     assert_eq!(g.failure_mode, crate::FailureMode::Closed);
     assert_eq!(g.descriptor, "default/shared");
+    assert!(!g.per_source);
 
     for (spec, want) in [
         ("{requestsPerUnit: 0}", "global.requestsPerUnit"),
@@ -565,6 +563,10 @@ spec:
         (
             "{requestsPerUnit: 10, failureMode: maybe}",
             "global.failureMode",
+        ),
+        (
+            "{requestsPerUnit: 10}, local: {requestsPerSecond: 5, perSource: true}",
+            "local.perSource",
         ),
     ] {
         let bad = ok.replace(

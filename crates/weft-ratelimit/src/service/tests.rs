@@ -13,6 +13,7 @@ fn limit(descriptor: &str, n: u32, unit: RateLimitUnit, mode: FailureMode) -> Gl
         unit,
         failure_mode: mode,
         descriptor: descriptor.to_string(),
+        per_source: false,
     }
 }
 
@@ -304,4 +305,60 @@ async fn decisions_are_counted_by_descriptor() {
     ] {
         assert!(text.contains(line), "want {line:?} in\n{text}");
     }
+}
+
+#[tokio::test]
+async fn a_per_source_limit_counts_each_calling_service_apart() {
+    let mut l = limit("ns/each", 3, RateLimitUnit::Minute, FailureMode::Open);
+    l.per_source = true;
+    let server = RateLimitServer::in_memory(Limits::from_iter([l]));
+    let from = |source: Option<&str>| {
+        let mut d = descriptor("weft-policy", "ns/each");
+        if let Some(s) = source {
+            d.entries.push(Entry {
+                key: "source_cluster".into(),
+                value: s.into(),
+            });
+        }
+        RateLimitRequest {
+            domain: "weft".into(),
+            descriptors: vec![d],
+            hits_addend: 1,
+        }
+    };
+    let mut granted = std::collections::BTreeMap::new();
+    // Envoy sends its node's cluster (`frontend`), weft its Service
+    // (`frontend.default`): one caller.
+    for source in [
+        Some("frontend"),
+        Some("frontend.default"),
+        Some("checkout.shop"),
+        None,
+    ] {
+        for _ in 0..3 {
+            let r = server.decide_at(&from(source), NOW).await.unwrap();
+            if ok(r.overall_code) {
+                *granted
+                    .entry(source.map_or("none", |s| s.split('.').next().unwrap()))
+                    .or_insert(0) += 1;
+            }
+        }
+    }
+    assert_eq!(granted["frontend"], 3, "{granted:?}");
+    assert_eq!(granted["checkout"], 3, "{granted:?}");
+    assert_eq!(granted["none"], 3, "{granted:?}");
+    // A shared limit ignores the caller.
+    let shared = ten_per_minute();
+    let mut n = 0;
+    for s in ["a", "b", "c", "d"] {
+        for _ in 0..3 {
+            let mut req = request("ns/ten", 1);
+            req.descriptors[0].entries.push(Entry {
+                key: "source_cluster".into(),
+                value: s.into(),
+            });
+            n += u32::from(ok(shared.decide_at(&req, NOW).await.unwrap().overall_code));
+        }
+    }
+    assert_eq!(n, 10);
 }

@@ -23,6 +23,7 @@ pub fn limit(descriptor: &str, n: u32, unit: RateLimitUnit, mode: FailureMode) -
         unit,
         failure_mode: mode,
         descriptor: descriptor.to_string(),
+        per_source: false,
     }
 }
 

@@ -35,9 +35,7 @@
 //! sidecar without mTLS does not have; a drop ratio together with
 //! `fault.abort`, or with a delay targeted by `fault.headers` (the fault is
 //! kept, the drop ratio lost: Envoy's fault filter has one abort and one
-//! header condition); one bucket per calling Service (`perSource`: Envoy
-//! would need rate limit descriptors keyed by the caller's identity; it
-//! keeps one bucket for the route); every rate exactly (the fill interval
+//! header condition); every rate exactly (the fill interval
 //! is whole milliseconds, so some rates are off by up to 0.1%); deadline
 //! propagation. Proxyless gRPC clients get none of this: it stays with
 //! proxies.
@@ -198,18 +196,26 @@ fn global_rate_limit_filter() -> RateLimitFilter {
 }
 
 /// The route's descriptor for its global limit: `weft-policy` = the
-/// policy's `namespace/name`.
+/// policy's `namespace/name`, and for `perSource` the caller's
+/// `source_cluster`.
 fn global_rate_limits(g: &GlobalRateLimit) -> Vec<RouteRateLimit> {
+    use rate_limit::action::{ActionSpecifier, GenericKey, SourceCluster};
+    let mut actions = vec![rate_limit::Action {
+        action_specifier: Some(ActionSpecifier::GenericKey(GenericKey {
+            descriptor_value: g.descriptor.clone(),
+            descriptor_key: GlobalRateLimit::DESCRIPTOR_KEY.into(),
+            ..Default::default()
+        })),
+    }];
+    // `perSource`: Envoy's own cluster (the node's, its Service) as
+    // `source_cluster`.
+    if g.per_source {
+        actions.push(rate_limit::Action {
+            action_specifier: Some(ActionSpecifier::SourceCluster(SourceCluster {})),
+        });
+    }
     vec![RouteRateLimit {
-        actions: vec![rate_limit::Action {
-            action_specifier: Some(rate_limit::action::ActionSpecifier::GenericKey(
-                rate_limit::action::GenericKey {
-                    descriptor_value: g.descriptor.clone(),
-                    descriptor_key: GlobalRateLimit::DESCRIPTOR_KEY.into(),
-                    ..Default::default()
-                },
-            )),
-        }],
+        actions,
         ..Default::default()
     }]
 }

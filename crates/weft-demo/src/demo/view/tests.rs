@@ -481,7 +481,7 @@ spec:
         [
             "catalog catalog-flow: dropRatio 0.2",
             "ledger ledger-deadline: deadline margin 60ms",
-            "pricing pricing-flow: rateLimit 30/s burst 5",
+            "pricing pricing-flow: rateLimit 30/s burst 5 per caller",
         ],
         "hedging, retries and the like are not flow control"
     );

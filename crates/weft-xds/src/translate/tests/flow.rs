@@ -116,7 +116,7 @@ kind: TrafficPolicy
 metadata: {name: edge-limit}
 spec:
   targetRefs: [{kind: HTTPRoute, name: edge-shop}]
-  rateLimit: {local: {requestsPerSecond: 0.2, burst: 2, perSource: true}}
+  rateLimit: {local: {requestsPerSecond: 0.2, burst: 2}}
 "#;
 
 fn flow_mesh() -> Arc<Config> {
@@ -286,7 +286,7 @@ fn only_envoy_listeners_get_the_filters_before_the_router() {
         envoy.get(TypeUrl::RouteConfiguration, "outbound"),
         weft.get(TypeUrl::RouteConfiguration, "outbound")
     );
-    // Gateways too; a perSource limit is one bucket on Envoy.
+    // Gateways too.
     let name = "gateway|edge.default|web";
     let gw = set_of(&c, DataPlane::Envoy, "edge");
     let l: Listener = decode(&gw, TypeUrl::Listener, name);
@@ -377,7 +377,7 @@ fn a_global_limit_gives_envoy_the_rate_limit_filter_cluster_and_route_descriptor
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter;
 
     let yaml = format!(
-        "{FLOW}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: shared}}\nspec:\n  targetRefs: [{{kind: HTTPRoute, name: shop-routes, sectionName: plain}}]\n  rateLimit: {{global: {{requestsPerUnit: 500}}}}\n"
+        "{FLOW}\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: shared}}\nspec:\n  targetRefs: [{{kind: HTTPRoute, name: shop-routes, sectionName: plain}}]\n  rateLimit: {{global: {{requestsPerUnit: 500, perSource: true}}}}\n"
     );
     let c = weft_model::load_str(&yaml, "mesh.yaml").unwrap_or_else(|e| panic!("{e}"));
     let rls: std::net::SocketAddr = "127.0.0.1:15010".parse().unwrap();
@@ -412,6 +412,11 @@ fn a_global_limit_gives_envoy_the_rate_limit_filter_cluster_and_route_descriptor
         (k.descriptor_key.as_str(), k.descriptor_value.as_str()),
         ("weft-policy", "default/shared")
     );
+    // perSource: the caller's own cluster as the second entry.
+    assert!(matches!(
+        a.rate_limits[0].actions[1].action_specifier,
+        Some(rate_limit::action::ActionSpecifier::SourceCluster(_))
+    ));
     let Some(route::Action::Route(other)) = shop_route(&rc, "chaos").action else {
         panic!("a route action")
     };
