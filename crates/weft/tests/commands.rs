@@ -110,3 +110,54 @@ async fn demo_serves_traffic_and_stops_on_sigterm() {
         "sidecars stopped"
     );
 }
+
+#[tokio::test]
+async fn ratelimit_serves_its_limits_and_stops_on_sigterm() {
+    let dir = config_dir(&[(
+        "p.yaml",
+        "apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: catalog}\nspec:\n  ports: [{port: 8080, protocol: http}]\n---\napiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: shared}\nspec:\n  targetRefs: [{kind: Service, name: catalog}]\n  rateLimit: {global: {requestsPerUnit: 5, unit: minute}}\n",
+    )]);
+    let (listen, admin) = (free_addr(), free_addr());
+    let mut rl = WeftProcess::spawn(
+        &weft_bin(),
+        &[
+            "ratelimit",
+            "--config",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &listen.to_string(),
+            "--admin",
+            &admin.to_string(),
+        ],
+    )
+    .unwrap();
+    wait_ready("weft ratelimit ready", admin, READY).await;
+    let client = HttpClient::http1();
+    let status = client.get(admin, "admin", "/status").await.unwrap().text();
+    assert!(status.contains("default/shared"), "{status}");
+    let m = client.get(admin, "admin", "/metrics").await.unwrap().text();
+    assert!(m.contains("weft_ratelimit_store_up 1"), "{m}");
+    rl.sigterm();
+    let exit = rl.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", rl.logs());
+
+    // A Redis URL that cannot be one is refused at start, by name.
+    let mut bad = WeftProcess::spawn(
+        &weft_bin(),
+        &[
+            "ratelimit",
+            "--config",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &free_addr().to_string(),
+            "--admin",
+            &free_addr().to_string(),
+            "--redis",
+            "http://nope",
+        ],
+    )
+    .unwrap();
+    let exit = bad.wait_exit(Duration::from_secs(10)).await.unwrap();
+    assert!(!exit.success());
+    assert!(bad.logs().contains("invalid Redis URL"), "{}", bad.logs());
+}
