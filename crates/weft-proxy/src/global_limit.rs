@@ -1,9 +1,11 @@
 //! Global rate limits (TrafficPolicy `rateLimit.global`) in a weft proxy:
 //! quota leased in batches from the rate-limit service, spent locally
 //! ([`weft_policy::quota`] has the rules), so no request waits on a call
-//! to the service except when this proxy has no quota in hand and the
-//! window is not known to be exhausted (its first request, a burst): then
-//! it waits for the one batch being fetched, at most [`FETCH_TIMEOUT`].
+//! to the service: when this proxy has no quota in hand and the window is
+//! not known to be exhausted (a new window, a burst), requests are
+//! admitted on credit while the batch is fetched, paid back from it; only
+//! past one batch of credit does a request wait for it, at most
+//! [`FETCH_TIMEOUT`].
 //!
 //! The service speaks Envoy's `RateLimitService` protocol (`weft control`
 //! serves it on its xDS port, `weft ratelimit` standalone): a batch is a
@@ -51,6 +53,9 @@ pub struct GlobalLimits {
     /// This proxy's Service (`name.namespace`), sent for `perSource` limits.
     source: String,
     client: OnceLock<Result<Client, String>>,
+    /// A one-thread runtime for the calls to the service, so they never
+    /// share a worker with requests.
+    runtime: OnceLock<Result<tokio::runtime::Handle, String>>,
     leases: Mutex<HashMap<String, Arc<Lease>>>,
 }
 
@@ -71,6 +76,7 @@ impl GlobalLimits {
             service,
             source: source.into(),
             client: OnceLock::new(),
+            runtime: OnceLock::new(),
             leases: Mutex::new(HashMap::new()),
         })
     }
@@ -110,6 +116,34 @@ impl GlobalLimits {
         lease
     }
 
+    fn runtime(&self) -> Result<tokio::runtime::Handle, String> {
+        self.runtime
+            .get_or_init(|| {
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::Builder::new()
+                    .name("weft-ratelimit".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => {
+                                let _ = tx.send(Ok(rt.handle().clone()));
+                                rt.block_on(std::future::pending::<()>());
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(format!("rate-limit client runtime: {e}")));
+                            }
+                        }
+                    })
+                    .map_err(|e| format!("rate-limit client thread: {e}"))?;
+                rx.recv()
+                    .map_err(|e| format!("rate-limit client thread: {e}"))?
+            })
+            .clone()
+    }
+
+    /// The client (made on the limits' runtime: its connection lives there).
     fn client(&self) -> Result<Client, String> {
         let Some(service) = &self.service else {
             return Err("no rate-limit service (start the proxy with --ratelimit or --xds)".into());
@@ -192,11 +226,14 @@ impl Lease {
         let now = Instant::now();
         let (take, prefetch) = {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let t = s.take(now);
-            (t, t == Take::Allowed && s.wants_prefetch(now))
+            match s.take(now) {
+                Take::NeedQuota if s.borrow(now) => (Take::Allowed, true),
+                t => (t, t == Take::Allowed && s.wants_prefetch(now)),
+            }
         };
         let take = match take {
             Take::NeedQuota => {
+                self.count(events, "waited", 1);
                 let _one = self.fetching.lock().await;
                 let again = self.take_again();
                 if again == Take::NeedQuota {
@@ -223,6 +260,9 @@ impl Lease {
                 }
                 lease.prefetching.store(false, Ordering::Release);
             });
+        }
+        if take == Take::Allowed {
+            return GlobalDecision::Allowed;
         }
         let config = self.config();
         match take {
@@ -268,13 +308,18 @@ impl Lease {
 
     /// Asks the service for the next batch and records its answer.
     async fn fetch(&self, events: &GlobalLimitEvents) {
-        let batch = self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .batch(Instant::now());
-        let answer = match self.owner.client() {
-            Ok(client) => self.call(client, batch).await,
+        let (batch, overdrawn_before) = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            (s.request_size(Instant::now()), s.overdrawn())
+        };
+        // The call runs on the limits' own thread, off the data path.
+        let request = self.request(batch);
+        let owner = self.owner.clone();
+        let answer = match self.owner.runtime() {
+            Ok(rt) => rt
+                .spawn(async move { call(owner.client()?, request).await })
+                .await
+                .unwrap_or_else(|e| Err(format!("rate-limit call failed: {e}"))),
             Err(e) => Err(e),
         };
         let now = Instant::now();
@@ -282,7 +327,11 @@ impl Lease {
         match answer {
             Ok((grant, degraded)) => {
                 s.granted(now, grant);
+                let overdrawn = s.overdrawn() - overdrawn_before;
                 drop(s);
+                if overdrawn > 0 {
+                    self.count(events, "overdrawn", overdrawn);
+                }
                 self.count(events, "batches", 1);
                 self.count(events, "leased", u64::from(grant.granted));
                 if grant.exhausted {
@@ -297,7 +346,11 @@ impl Lease {
             }
             Err(error) => {
                 s.failed(now);
+                let overdrawn = s.overdrawn() - overdrawn_before;
                 drop(s);
+                if overdrawn > 0 {
+                    self.count(events, "overdrawn", overdrawn);
+                }
                 self.count(events, "service_errors", 1);
                 if !self.down.swap(true, Ordering::AcqRel) {
                     let mode = self.config().failure_mode;
@@ -314,9 +367,8 @@ impl Lease {
         }
     }
 
-    /// One `ShouldRateLimit` for `batch` hits: the grant and whether the
-    /// service answered from its failure mode.
-    async fn call(&self, mut client: Client, batch: u32) -> Result<(Grant, bool), String> {
+    /// The `ShouldRateLimit` request for `batch` hits.
+    fn request(&self, batch: u32) -> RateLimitRequest {
         let mut entries = vec![rate_limit_descriptor::Entry {
             key: GlobalRateLimit::DESCRIPTOR_KEY.into(),
             value: self.descriptor.to_string(),
@@ -327,47 +379,53 @@ impl Lease {
                 value: self.owner.source.clone(),
             });
         }
-        let request = RateLimitRequest {
+        RateLimitRequest {
             domain: GlobalRateLimit::DOMAIN.into(),
             descriptors: vec![RateLimitDescriptor {
                 entries,
                 ..Default::default()
             }],
             hits_addend: batch,
-        };
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(FETCH_TIMEOUT);
-        let response = tokio::time::timeout(FETCH_TIMEOUT, client.should_rate_limit(request))
-            .await
-            .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-            .into_inner();
-        let over = response.overall_code == rate_limit_response::Code::OverLimit as i32;
-        let status = response.statuses.first();
-        let granted = match status.and_then(|s| s.quota.as_ref()) {
-            Some(q) => q.requests.min(batch),
-            // A service that grants no quota (not weft's): all or nothing.
-            None if over => 0,
-            None => batch,
-        };
-        let reset = status
-            .and_then(|s| s.duration_until_reset.as_ref())
-            .map(|d| {
-                Duration::from_secs(d.seconds.max(0) as u64)
-                    + Duration::from_nanos(d.nanos.max(0) as u64)
-            })
-            .unwrap_or(Duration::from_secs(1));
-        let degraded = response
-            .response_headers_to_add
-            .iter()
-            .any(|h| h.key.eq_ignore_ascii_case(DEGRADED_HEADER));
-        Ok((
-            Grant {
-                granted,
-                exhausted: over,
-                reset,
-            },
-            degraded,
-        ))
+        }
     }
+}
+
+/// One `ShouldRateLimit`: the grant and whether the service answered from
+/// its failure mode.
+async fn call(mut client: Client, request: RateLimitRequest) -> Result<(Grant, bool), String> {
+    let batch = request.hits_addend;
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(FETCH_TIMEOUT);
+    let response = tokio::time::timeout(FETCH_TIMEOUT, client.should_rate_limit(request))
+        .await
+        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))?
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let over = response.overall_code == rate_limit_response::Code::OverLimit as i32;
+    let status = response.statuses.first();
+    let granted = match status.and_then(|s| s.quota.as_ref()) {
+        Some(q) => q.requests.min(batch),
+        // A service that grants no quota (not weft's): all or nothing.
+        None if over => 0,
+        None => batch,
+    };
+    let reset = status
+        .and_then(|s| s.duration_until_reset.as_ref())
+        .map(|d| {
+            Duration::from_secs(d.seconds.max(0) as u64)
+                + Duration::from_nanos(d.nanos.max(0) as u64)
+        })
+        .unwrap_or(Duration::from_secs(1));
+    let degraded = response
+        .response_headers_to_add
+        .iter()
+        .any(|h| h.key.eq_ignore_ascii_case(DEGRADED_HEADER));
+    Ok((
+        Grant {
+            granted,
+            exhausted: over,
+            reset,
+        },
+        degraded,
+    ))
 }

@@ -108,6 +108,8 @@ pub struct GlobalLimitLabels {
     /// The limit's policy, `namespace/name`.
     pub descriptor: Arc<str>,
     /// `batches`, `leased` (tokens), `windows_exhausted`, `refused`,
+    /// `overdrawn` (admitted on credit, never paid by a grant), `waited`
+    /// (requests that waited for a batch: no quota and no credit),
     /// `service_errors`, `service_degraded`, `failed_open`, `failed_closed`.
     pub outcome: &'static str,
 }
@@ -261,7 +263,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "global_rate_limit_events",
-            "Global rate limits: batches leased from the rate-limit service, tokens leased, windows exhausted, requests refused, service errors, answers from the service's failure mode, requests admitted (failed_open) or refused (failed_closed) while the service was unreachable",
+            "Global rate limits: batches leased from the rate-limit service, tokens leased, windows exhausted, requests refused, requests admitted on credit that no grant paid for (overdrawn), service errors, answers from the service's failure mode, requests admitted (failed_open) or refused (failed_closed) while the service was unreachable",
             policy.global_limit.clone(),
         );
         registry.register(
