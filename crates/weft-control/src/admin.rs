@@ -1,11 +1,13 @@
 //! The control plane's admin port: `/ready`, `/metrics`, `/status` (config
 //! generation, errors, connected proxies with their ACKed versions and last
-//! NACK) and `/config_dump?node=ID` (what that node is served).
+//! NACK), `/config_dump?node=ID` (what that node is served) and
+//! `/sd/prometheus` (Prometheus HTTP service discovery: every connected node
+//! that announced its admin address, and this control plane).
 
 use std::sync::atomic::Ordering;
 
 use weft_admin::{AdminEndpoints, AdminResponse};
-use weft_xds::{NodeInfo, TypeUrl};
+use weft_xds::{DataPlane, NodeInfo, TypeUrl};
 
 use crate::Control;
 
@@ -26,12 +28,13 @@ impl AdminEndpoints for Control {
         match path {
             "/status" => Some(AdminResponse::json(pretty(&self.status_json()))),
             "/config_dump" => Some(self.config_dump(query)),
+            "/sd/prometheus" => Some(AdminResponse::json(pretty(&self.prometheus_targets()))),
             _ => None,
         }
     }
 
     fn paths(&self) -> &'static [&'static str] {
-        &["/status", "/config_dump?node=ID"]
+        &["/status", "/config_dump?node=ID", "/sd/prometheus"]
     }
 }
 
@@ -48,6 +51,55 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
 }
 
 impl Control {
+    /// Prometheus `http_sd_configs`: one target group per admin address,
+    /// labelled with the node (`weft_node`), its Service (`weft_service`),
+    /// data-plane kind (`weft_kind`) and metrics path (`/metrics`, Envoy's
+    /// `/stats/prometheus`); this control plane first, as
+    /// `weft_kind: control`. Nodes that announced no admin address
+    /// ([`weft_xds::node::ADMIN_METADATA_KEY`]) are not listed.
+    fn prometheus_targets(&self) -> serde_json::Value {
+        let group = |target: &str, node: &str, service: &str, kind: &str| {
+            // Envoy's admin serves Prometheus text on its own path.
+            let path = if kind == DataPlane::Envoy.as_str() {
+                "/stats/prometheus"
+            } else {
+                "/metrics"
+            };
+            serde_json::json!({
+                "targets": [target],
+                "labels": {
+                    "weft_node": node,
+                    "weft_service": service,
+                    "weft_kind": kind,
+                    "__metrics_path__": path,
+                },
+            })
+        };
+        // One group per address: a reconnecting node may briefly have two
+        // streams; the newest (streams come oldest first) names it.
+        let by_target: std::collections::BTreeMap<String, serde_json::Value> = self
+            .status
+            .streams()
+            .into_iter()
+            .filter_map(|s| {
+                let target = s.admin?;
+                let g = group(&target, &s.node_id, &s.cluster, s.kind.as_str());
+                Some((target, g))
+            })
+            .collect();
+        let own = group(
+            &self.admin_target,
+            "weft-control",
+            "weft-control",
+            "control",
+        );
+        serde_json::Value::Array(
+            std::iter::once(own)
+                .chain(by_target.into_values())
+                .collect(),
+        )
+    }
+
     fn status_json(&self) -> serde_json::Value {
         serde_json::json!({
             "generation": self.cache.generation(),

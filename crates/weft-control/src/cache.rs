@@ -76,7 +76,8 @@ impl SnapshotCache {
         self.lock().config.clone()
     }
 
-    /// When the newest generation was published.
+    /// When the newest generation was published (handed to the cache, before
+    /// its translation).
     pub fn published_at(&self) -> Instant {
         *self.published_at.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -95,6 +96,9 @@ impl SnapshotCache {
         if *st.config == config {
             return None;
         }
+        // Before any watch is woken: streams read it when they wake, as
+        // the start of their push latency (translation included).
+        *self.published_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         let endpoints_changed = endpoint_only_changes(&st.config, &config);
         let config = Arc::new(config);
         st.translator = st.translator.next(config.clone());
@@ -122,7 +126,6 @@ impl SnapshotCache {
                 g.tx.send_replace(Arc::new(next));
             }
         }
-        *self.published_at.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         Some(stats)
     }
 }
@@ -204,5 +207,9 @@ impl SnapshotSource for SnapshotCache {
             },
         );
         rx
+    }
+
+    fn published_at(&self) -> Option<Instant> {
+        Some(SnapshotCache::published_at(self))
     }
 }

@@ -3,6 +3,9 @@
 //! world and delta) to weft proxies, Envoy and proxyless gRPC clients. The
 //! same port serves the global rate-limit service (`weft-ratelimit`) for the
 //! config's `rateLimit.global` limits, counting in memory or in a shared Redis.
+//! The admin port shows the push metrics (`weft_xds_*`, including config
+//! change -> ACK latency) and lists every announced metrics target for
+//! Prometheus (`/sd/prometheus`).
 //!
 //! Must not depend on proxy internals. Protobuf stays inside `weft-xds`.
 
@@ -76,6 +79,8 @@ pub(crate) struct Control {
     /// Why the newest config on disk was rejected, while it is.
     pub last_error: Mutex<Option<String>>,
     pub draining: std::sync::atomic::AtomicBool,
+    /// This control plane's own admin address as `/sd/prometheus` lists it.
+    pub admin_target: String,
 }
 
 /// A started control plane.
@@ -124,6 +129,7 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
         config_dir: opts.config_dir.clone(),
         last_error: Mutex::new(None),
         draining: Default::default(),
+        admin_target: own_admin_target(admin).await,
     });
     control.metrics.config_generation.set(1);
     control.metrics.config_published_at.set(unix_now());
@@ -172,6 +178,11 @@ impl RunningControl {
     }
     pub fn cache(&self) -> &Arc<SnapshotCache> {
         &self.control.cache
+    }
+
+    /// The connected ADS streams and the `weft_xds_*` counters.
+    pub fn status(&self) -> &Arc<ServerStatus> {
+        &self.control.status
     }
 
     /// The rate-limit service served on the xDS port.
@@ -262,6 +273,20 @@ fn reload(control: &Control) {
                 Some(errors.to_string());
         }
     }
+}
+
+/// The control plane's admin address for Prometheus discovery. A wildcard
+/// bind lists the address of the interface with the default route (the one
+/// a Prometheus elsewhere most likely reaches it at), else loopback.
+async fn own_admin_target(admin: SocketAddr) -> String {
+    // Documentation-range addresses (RFC 5737, RFC 3849): only the route to
+    // them is looked up, nothing is sent.
+    let toward = if admin.is_ipv6() {
+        "[2001:db8::1]:9"
+    } else {
+        "192.0.2.1:9"
+    };
+    weft_xds::client::announce_address(admin, toward).await
 }
 
 fn unix_now() -> f64 {

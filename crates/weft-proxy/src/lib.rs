@@ -274,7 +274,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             opts.drain_timeout,
         )),
         tokio::spawn(health_ticks(shared.clone(), stop_rx.clone())),
-        follow_config(&opts, builder, &shared, published, stop_rx),
+        follow_config(&opts, builder, &shared, admin, published, stop_rx),
     ];
     tracing::info!(%outbound, ?inbound, %admin, service = %shared.local_service, "proxy started");
     Ok(RunningProxy {
@@ -345,11 +345,14 @@ fn first_snapshot(
 }
 
 /// The task that keeps the snapshot current: the directory watcher, or the
-/// xDS client.
+/// xDS client. The client announces the bound `admin` address in its node
+/// metadata (unless one is set), for the control plane's Prometheus
+/// discovery; see [`weft_xds::client::announce_address`] for wildcard binds.
 fn follow_config(
     opts: &ProxyOptions,
     builder: SnapshotBuilder,
     shared: &Arc<Shared>,
+    admin: SocketAddr,
     published: watch::Sender<u64>,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
@@ -369,7 +372,14 @@ fn follow_config(
                 shared: shared.clone(),
                 published,
             };
-            tokio::spawn(weft_xds::client::run(client.clone(), sink, status, stop))
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                if client.admin.is_none() {
+                    let announced = weft_xds::client::announce_address(admin, &client.server);
+                    client.admin = Some(announced.await);
+                }
+                weft_xds::client::run(client, sink, status, stop).await
+            })
         }
     }
 }

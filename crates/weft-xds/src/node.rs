@@ -1,5 +1,6 @@
 //! Who is asking: a node's identity and data-plane kind, from the standard
-//! `Node` message only (no mesh-specific metadata required).
+//! `Node` message only (no mesh-specific metadata required), and the admin
+//! address a node may announce in its metadata for metrics discovery.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -67,6 +68,22 @@ impl NodeInfo {
     }
 }
 
+/// The `node.metadata` key under which a node announces its admin (metrics)
+/// address, `"HOST:PORT"`; the control plane lists it for Prometheus
+/// discovery. weft proxies send it; Envoy can, from its bootstrap's
+/// `node.metadata`.
+pub const ADMIN_METADATA_KEY: &str = "weft.dev/admin";
+
+/// The admin address a node announces ([`ADMIN_METADATA_KEY`]), if it is
+/// a usable `HOST:PORT` (non-empty host, numeric port, not `0.0.0.0`).
+pub fn announced_admin(node: &Node) -> Option<String> {
+    let addr = metadata_string(node, ADMIN_METADATA_KEY)?;
+    let (host, port) = addr.rsplit_once(':')?;
+    let host_ok = !host.is_empty() && !matches!(host, "0.0.0.0" | "[::]");
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    (host_ok && port_ok).then_some(addr)
+}
+
 fn metadata_string(node: &Node, key: &str) -> Option<String> {
     match node.metadata.as_ref()?.fields.get(key)?.kind.as_ref()? {
         Kind::StringValue(s) if !s.is_empty() => Some(s.clone()),
@@ -125,5 +142,26 @@ mod tests {
             NodeInfo::from_node(&node("envoy", "frontend")).cluster,
             "frontend"
         );
+    }
+
+    #[test]
+    fn the_admin_address_is_taken_when_usable() {
+        let with = |addr: &str| {
+            let mut n = node("envoy", "a");
+            let value = Value {
+                kind: Some(Kind::StringValue(addr.into())),
+            };
+            n.metadata = Some(Struct {
+                fields: [(ADMIN_METADATA_KEY.to_string(), value)].into(),
+            });
+            announced_admin(&n)
+        };
+        assert_eq!(with("10.1.2.3:15000").as_deref(), Some("10.1.2.3:15000"));
+        assert_eq!(with("[::1]:15000").as_deref(), Some("[::1]:15000"));
+        assert_eq!(with("pod-1.ns:9901").as_deref(), Some("pod-1.ns:9901"));
+        for bad in ["", "10.1.2.3", ":15000", "h:x", "h:0", "0.0.0.0:15000"] {
+            assert_eq!(with(bad), None, "{bad:?}");
+        }
+        assert_eq!(announced_admin(&node("weft", "a")), None);
     }
 }

@@ -43,6 +43,7 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,10 @@ pub struct ClientOptions {
     pub warm_timeout: Duration,
     /// TCP connect timeout to the server.
     pub connect_timeout: Duration,
+    /// The data plane's admin (metrics) address, `HOST:PORT`, announced in
+    /// `node.metadata` under [`crate::node::ADMIN_METADATA_KEY`] so the control plane
+    /// can list it for Prometheus discovery. See [`announce_address`].
+    pub admin: Option<String>,
 }
 
 impl ClientOptions {
@@ -90,8 +95,52 @@ impl ClientOptions {
             backoff: Backoff::default(),
             warm_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
+            admin: None,
         }
     }
+}
+
+/// The address to announce for a listener bound to `bound`, as seen from
+/// the control plane at `server` (`HOST:PORT` or an `http://` URI). A
+/// specific address is announced as it is. A wildcard bind (`0.0.0.0`,
+/// `[::]`) announces the local address of the interface that routes to the
+/// control plane (a connected UDP socket: no packet is sent): whoever runs
+/// next to the control plane, like its Prometheus, can reach that one.
+/// Falls back to loopback when the server cannot be resolved.
+pub async fn announce_address(bound: SocketAddr, server: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    let ip = route_source(server, bound.is_ipv6())
+        .await
+        .unwrap_or(if bound.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::LOCALHOST)
+        } else {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        });
+    SocketAddr::new(ip, bound.port()).to_string()
+}
+
+/// The local address the kernel would send from to reach `server`.
+async fn route_source(server: &str, v6: bool) -> Option<IpAddr> {
+    let authority = server
+        .split_once("://")
+        .map_or(server, |(_, rest)| rest)
+        .split('/')
+        .next()?;
+    let target = tokio::net::lookup_host(authority)
+        .await
+        .ok()?
+        .find(|a| a.is_ipv6() == v6)?;
+    let any: SocketAddr = if v6 {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(any).await.ok()?;
+    socket.connect(target).await.ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
 }
 
 /// Reconnect waits: `min` doubling per failed attempt up to `max`.

@@ -9,6 +9,8 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
+use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::google::protobuf::{Struct, Value};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -17,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::cache::{Missing, ResourceCache};
 use super::{ClientOptions, ClientStatus, ConfigSink};
+use crate::node::ADMIN_METADATA_KEY;
 use crate::resource::TypeUrl;
 
 /// `google.rpc.Code.INVALID_ARGUMENT`, the code of every NACK.
@@ -161,6 +164,15 @@ impl<S: ConfigSink> Client<S> {
             user_agent_version_type: Some(node::UserAgentVersionType::UserAgentVersion(
                 self.opts.user_agent_version.clone(),
             )),
+            metadata: self.opts.admin.as_ref().map(|addr| Struct {
+                fields: [(
+                    ADMIN_METADATA_KEY.to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(addr.clone())),
+                    },
+                )]
+                .into(),
+            }),
             ..Default::default()
         };
         for (i, t) in [TypeUrl::Listener, TypeUrl::Cluster]

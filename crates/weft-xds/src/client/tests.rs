@@ -439,11 +439,31 @@ async fn wait(what: &str, cond: impl Fn() -> bool) {
 }
 
 #[tokio::test]
+async fn a_wildcard_admin_announces_the_address_that_routes_to_the_server() {
+    let specific: SocketAddr = "10.1.2.3:15000".parse().unwrap();
+    assert_eq!(
+        announce_address(specific, "127.0.0.1:15010").await,
+        "10.1.2.3:15000"
+    );
+    let wildcard: SocketAddr = "0.0.0.0:15000".parse().unwrap();
+    assert_eq!(
+        announce_address(wildcard, "http://127.0.0.1:15010").await,
+        "127.0.0.1:15000"
+    );
+    assert_eq!(
+        announce_address(wildcard, "no-such-host.invalid:15010").await,
+        "127.0.0.1:15000",
+        "loopback when the server does not resolve"
+    );
+}
+
+#[tokio::test]
 async fn follows_a_control_plane_publishing_only_complete_sets() {
     let set = translated(MESH);
     let server = Server::start("127.0.0.1:0".parse().unwrap(), set.clone());
     let sink = Recorder::default();
-    let opts = options(server.addr);
+    let mut opts = options(server.addr);
+    opts.admin = Some("127.0.0.1:15999".into());
     let status = Arc::new(ClientStatus::new(&opts));
     let (stop_tx, stop) = watch::channel(false);
     let client = tokio::spawn(run(opts, sink.clone(), status.clone(), stop));
@@ -451,9 +471,11 @@ async fn follows_a_control_plane_publishing_only_complete_sets() {
     let got = sink.wait_for("the first set", |s| *s == set).await;
     assert_eq!(got, set);
     assert_eq!(sink.publishes(), [true], "one publish, once complete");
-    // The server saw a weft node and its ACKs of all four types.
+    // The server saw a weft node, its admin address and its ACKs of all
+    // four types.
     let streams = server.status.streams();
     assert_eq!(streams[0].kind, DataPlane::Weft);
+    assert_eq!(streams[0].admin.as_deref(), Some("127.0.0.1:15999"));
     wait("ACKs of every type", || {
         let s = &server.status.streams()[0];
         TypeUrl::ALL

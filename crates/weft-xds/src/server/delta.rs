@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
@@ -45,12 +46,13 @@ pub(super) async fn run<S: SnapshotSource>(
     mut requests: Streaming<DeltaDiscoveryRequest>,
     tx: Tx,
 ) {
-    let Some((node, first)) = first_request(&mut requests, &tx, |r| r.node.as_ref()).await else {
+    let Some((node, admin, first)) = first_request(&mut requests, &tx, |r| r.node.as_ref()).await
+    else {
         return;
     };
     let mut watch = source.watch(&node);
     let current = watch.borrow_and_update().clone();
-    let handle = status.open_stream(&node, Transport::Delta);
+    let handle = status.open_stream(&node, admin, Transport::Delta);
     tracing::info!(node = %node.id, cluster = %node.cluster, kind = node.kind.as_str(), "ADS stream opened (delta)");
     let mut stream = DeltaStream {
         nonces: Nonces::new(handle.stream_id()),
@@ -61,7 +63,7 @@ pub(super) async fn run<S: SnapshotSource>(
         unknown: UnknownTypes::default(),
         tx,
     };
-    let _ = super::serve(&mut stream, first, requests, &mut watch).await;
+    let _ = super::serve(&mut stream, first, requests, &mut watch, &*source).await;
     tracing::info!(node = %stream.node.id, "ADS stream closed (delta)");
 }
 
@@ -141,12 +143,16 @@ impl DeltaStream {
         // A pure ACK/NACK needs no response: changes of the set are pushed
         // from on_set, and a NACK leaves nothing new to send.
         if first || resubscribed {
-            self.respond(t, first).await?;
+            self.respond(t, first, None).await?;
         }
         Ok(())
     }
 
-    async fn apply_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed> {
+    async fn apply_set(
+        &mut self,
+        set: Arc<ResourceSet>,
+        published: Option<Instant>,
+    ) -> Result<(), StreamClosed> {
         let old = std::mem::replace(&mut self.current, set);
         if Arc::ptr_eq(&old, &self.current) {
             return Ok(());
@@ -158,7 +164,7 @@ impl DeltaStream {
             .map(|(t, _)| *t)
             .collect();
         for t in due {
-            self.respond(t, false).await?;
+            self.respond(t, false, published).await?;
         }
         Ok(())
     }
@@ -166,7 +172,13 @@ impl DeltaStream {
     /// Sends what the client of type `t` lacks, if anything. The first
     /// wildcard request is always answered (even empty) so a client with an
     /// empty config can finish initializing.
-    async fn respond(&mut self, t: TypeUrl, first: bool) -> Result<(), StreamClosed> {
+    /// `push`: when the config change that is why was published.
+    async fn respond(
+        &mut self,
+        t: TypeUrl,
+        first: bool,
+        push: Option<Instant>,
+    ) -> Result<(), StreamClosed> {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(());
         };
@@ -201,6 +213,7 @@ impl DeltaStream {
             &nonce,
             response.resources.len(),
             response.encoded_len(),
+            push,
         );
         send(&self.tx, response).await
     }
@@ -336,7 +349,11 @@ impl super::AdsStream for DeltaStream {
     async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), StreamClosed> {
         self.handle_request(req).await
     }
-    async fn on_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed> {
-        self.apply_set(set).await
+    async fn on_set(
+        &mut self,
+        set: Arc<ResourceSet>,
+        published: Option<Instant>,
+    ) -> Result<(), StreamClosed> {
+        self.apply_set(set, published).await
     }
 }

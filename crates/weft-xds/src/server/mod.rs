@@ -29,6 +29,7 @@ mod status;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::{ControlPlane, Node};
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
@@ -60,6 +61,13 @@ pub const CONTROL_PLANE_ID: &str = "weft";
 /// streams whose set changed.
 pub trait SnapshotSource: Send + Sync + 'static {
     fn watch(&self, node: &NodeInfo) -> watch::Receiver<Arc<ResourceSet>>;
+
+    /// When the newest change was published, read by a stream woken by its
+    /// watch: the start of `weft_xds_push_ack_seconds`. It must be updated
+    /// before the watches are woken. `None`: push latency is not measured.
+    fn published_at(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// The ADS service (both transports).
@@ -128,7 +136,13 @@ trait AdsStream {
     /// Resolves when the client dropped its response stream.
     fn sender_closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static;
     async fn on_request(&mut self, req: Self::Request) -> Result<(), StreamClosed>;
-    async fn on_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed>;
+    /// The node's set changed; `published` is when (see
+    /// [`SnapshotSource::published_at`]).
+    async fn on_set(
+        &mut self,
+        set: Arc<ResourceSet>,
+        published: Option<Instant>,
+    ) -> Result<(), StreamClosed>;
 }
 
 /// Handles the first request, then client requests and snapshot changes as
@@ -138,6 +152,7 @@ async fn serve<S: AdsStream>(
     first: S::Request,
     mut requests: Streaming<S::Request>,
     watch: &mut watch::Receiver<Arc<ResourceSet>>,
+    source: &impl SnapshotSource,
 ) -> Result<(), StreamClosed> {
     stream.on_request(first).await?;
     let mut watching = true;
@@ -156,7 +171,7 @@ async fn serve<S: AdsStream>(
             changed = watch.changed(), if watching => match changed {
                 Ok(()) => {
                     let set = watch.borrow_and_update().clone();
-                    stream.on_set(set).await?;
+                    stream.on_set(set, source.published_at()).await?;
                 }
                 // The source dropped this node's watch: keep serving the
                 // last set rather than cutting the client off.
@@ -269,14 +284,15 @@ impl UnknownTypes {
     }
 }
 
-/// Reads the first request of a stream and the node it names. A stream
-/// whose first request has no node is answered with `INVALID_ARGUMENT`
-/// (clients send the node only once, so the server could never learn it).
+/// Reads the first request of a stream, the node it names and the admin
+/// address it announces. A stream whose first request has no node is
+/// answered with `INVALID_ARGUMENT` (clients send the node only once, so
+/// the server could never learn it).
 async fn first_request<Req, Resp>(
     requests: &mut Streaming<Req>,
     tx: &mpsc::Sender<Result<Resp, Status>>,
     node_of: fn(&Req) -> Option<&Node>,
-) -> Option<(NodeInfo, Req)> {
+) -> Option<(NodeInfo, Option<String>, Req)> {
     let first = match requests.message().await {
         Ok(Some(first)) => first,
         Ok(None) => return None,
@@ -286,7 +302,11 @@ async fn first_request<Req, Resp>(
         }
     };
     match node_of(&first) {
-        Some(node) => Some((NodeInfo::from_node(node), first)),
+        Some(node) => Some((
+            NodeInfo::from_node(node),
+            crate::node::announced_admin(node),
+            first,
+        )),
         None => {
             tracing::warn!("ADS stream without node in its first request; rejecting it");
             let _ = tx.send(Err(missing_node())).await;

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use prost::Message;
@@ -34,12 +35,13 @@ pub(super) async fn run<S: SnapshotSource>(
     mut requests: Streaming<DiscoveryRequest>,
     tx: Tx,
 ) {
-    let Some((node, first)) = first_request(&mut requests, &tx, |r| r.node.as_ref()).await else {
+    let Some((node, admin, first)) = first_request(&mut requests, &tx, |r| r.node.as_ref()).await
+    else {
         return;
     };
     let mut watch = source.watch(&node);
     let current = watch.borrow_and_update().clone();
-    let handle = status.open_stream(&node, Transport::Sotw);
+    let handle = status.open_stream(&node, admin, Transport::Sotw);
     tracing::info!(node = %node.id, cluster = %node.cluster, kind = node.kind.as_str(), "ADS stream opened (sotw)");
     let mut stream = SotwStream {
         nonces: Nonces::new(handle.stream_id()),
@@ -50,7 +52,7 @@ pub(super) async fn run<S: SnapshotSource>(
         unknown: UnknownTypes::default(),
         tx,
     };
-    let _ = super::serve(&mut stream, first, requests, &mut watch).await;
+    let _ = super::serve(&mut stream, first, requests, &mut watch, &*source).await;
     tracing::info!(node = %stream.node.id, "ADS stream closed (sotw)");
 }
 
@@ -103,7 +105,7 @@ impl SotwStream {
         state.sub = sub;
         state.legacy_wildcard = legacy_wildcard;
         if (changed || nonce.is_empty()) && !state.sub.is_empty() {
-            self.respond(t).await?;
+            self.respond(t, None).await?;
         }
         Ok(())
     }
@@ -134,7 +136,11 @@ impl SotwStream {
         }
     }
 
-    async fn apply_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed> {
+    async fn apply_set(
+        &mut self,
+        set: Arc<ResourceSet>,
+        published: Option<Instant>,
+    ) -> Result<(), StreamClosed> {
         let old = std::mem::replace(&mut self.current, set);
         if Arc::ptr_eq(&old, &self.current) {
             return Ok(());
@@ -146,13 +152,14 @@ impl SotwStream {
             .map(|(t, _)| *t)
             .collect();
         for t in due {
-            self.respond(t).await?;
+            self.respond(t, published).await?;
         }
         Ok(())
     }
 
-    /// Sends the subscribed resources of `t` from the current set.
-    async fn respond(&mut self, t: TypeUrl) -> Result<(), StreamClosed> {
+    /// Sends the subscribed resources of `t` from the current set; `push`
+    /// when a config change published then is why.
+    async fn respond(&mut self, t: TypeUrl, push: Option<Instant>) -> Result<(), StreamClosed> {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(());
         };
@@ -178,6 +185,7 @@ impl SotwStream {
             &nonce,
             response.resources.len(),
             response.encoded_len(),
+            push,
         );
         state.nonce = Some(nonce);
         state.sent_version = version;
@@ -222,8 +230,12 @@ impl super::AdsStream for SotwStream {
     async fn on_request(&mut self, req: DiscoveryRequest) -> Result<(), StreamClosed> {
         self.handle_request(req).await
     }
-    async fn on_set(&mut self, set: Arc<ResourceSet>) -> Result<(), StreamClosed> {
-        self.apply_set(set).await
+    async fn on_set(
+        &mut self,
+        set: Arc<ResourceSet>,
+        published: Option<Instant>,
+    ) -> Result<(), StreamClosed> {
+        self.apply_set(set, published).await
     }
 }
 

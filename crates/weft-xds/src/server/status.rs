@@ -10,12 +10,13 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
@@ -53,6 +54,9 @@ pub struct StreamStatus {
     pub cluster: String,
     pub kind: DataPlane,
     pub user_agent: String,
+    /// The admin address (`HOST:PORT`) the node announced in its metadata
+    /// ([`crate::node::ADMIN_METADATA_KEY`]), for Prometheus discovery.
+    pub admin: Option<String>,
     pub transport: Transport,
     pub connected_at: SystemTime,
     /// Per type the client has asked about.
@@ -123,6 +127,20 @@ struct StreamLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Buckets of `weft_xds_push_ack_seconds`: 1 ms to 10 s, about 2.5x apart.
+const PUSH_ACK_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn push_ack_histogram() -> Histogram {
+    Histogram::new(PUSH_ACK_BUCKETS)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TypeLabels {
     r#type: &'static str,
 }
@@ -137,7 +155,9 @@ struct Metrics {
     acks: Family<TypeLabels, Counter>,
     nacks: Family<TypeLabels, Counter>,
     unknown_type_requests: Counter,
+    push_ack: Family<KindLabels, Histogram, fn() -> Histogram>,
     stream_gauges: [[Gauge; 2]; 3],
+    push_ack_by_kind: [Histogram; 3],
     by_type: [TypeCounters; 4],
     /// Holds the families above, for [`ServerStatus::render_metrics`].
     own_registry: Registry,
@@ -167,6 +187,13 @@ impl Metrics {
                     .clone()
             })
         });
+        let push_ack: Family<KindLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(push_ack_histogram);
+        let push_ack_by_kind = KINDS.map(|k| {
+            push_ack
+                .get_or_create(&KindLabels { kind: k.as_str() })
+                .clone()
+        });
         let by_type = TypeUrl::ALL.map(|t| {
             let l = TypeLabels {
                 r#type: type_label(t),
@@ -187,7 +214,9 @@ impl Metrics {
             acks,
             nacks,
             unknown_type_requests: Counter::default(),
+            push_ack,
             stream_gauges,
+            push_ack_by_kind,
             by_type,
             own_registry: Registry::default(),
         };
@@ -229,6 +258,13 @@ impl Metrics {
             "unknown_type_requests",
             "Requests for a resource type weft does not serve",
             self.unknown_type_requests.clone(),
+        );
+        r.register(
+            "push_ack_seconds",
+            "Config change pushes: from the control plane publishing a change \
+             to the stream ACKing every response that carried it (NACKed \
+             pushes are not observed)",
+            self.push_ack.clone(),
         );
     }
 }
@@ -342,9 +378,11 @@ impl ServerStatus {
     }
 
     /// Registers a stream; the entry goes away when the handle is dropped.
+    /// `admin` is the admin address the node announced, if any.
     pub(crate) fn open_stream(
         self: &Arc<Self>,
         node: &NodeInfo,
+        admin: Option<String>,
         transport: Transport,
     ) -> StreamHandle {
         let stream_id = self.next_stream_id.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +392,7 @@ impl ServerStatus {
             cluster: node.cluster.clone(),
             kind: node.kind,
             user_agent: node.user_agent.clone(),
+            admin,
             transport,
             connected_at: SystemTime::now(),
             types: BTreeMap::new(),
@@ -367,6 +406,7 @@ impl ServerStatus {
             kind: node.kind,
             transport,
             entry,
+            push: None,
         }
     }
 
@@ -389,6 +429,7 @@ impl StreamStatus {
             "cluster": self.cluster,
             "kind": self.kind.as_str(),
             "user_agent": self.user_agent,
+            "admin": self.admin,
             "transport": self.transport.as_str(),
             "connected_at_unix_ms": unix_ms(self.connected_at),
             "types": types,
@@ -439,6 +480,19 @@ pub(crate) struct StreamHandle {
     kind: DataPlane,
     transport: Transport,
     entry: Arc<Mutex<StreamStatus>>,
+    /// The config change pushed to this stream and not yet ACKed whole.
+    push: Option<Push>,
+}
+
+/// A config change in flight on one stream: when the control plane
+/// published it, and per type the version of the last response carrying it
+/// that the client has not ACKed yet. Observed once, when the last of them
+/// is ACKed; forgotten if one is NACKed. A change published while another
+/// is still in flight joins it (the newer responses carry both), keeping
+/// the older start: one observation covering both, measured for the older.
+struct Push {
+    published: Instant,
+    unacked: BTreeMap<TypeUrl, String>,
 }
 
 impl StreamHandle {
@@ -457,14 +511,37 @@ impl StreamHandle {
         });
     }
 
+    /// A response went out. `push` is when the config change it carries
+    /// was published, for responses sent because the node's set changed.
     pub(crate) fn sent(
-        &self,
+        &mut self,
         t: TypeUrl,
         version: &str,
         nonce: &str,
         resources: usize,
         bytes: usize,
+        push: Option<Instant>,
     ) {
+        match (push, &mut self.push) {
+            (Some(published), None) => {
+                self.push = Some(Push {
+                    published,
+                    unacked: BTreeMap::from([(t, version.to_string())]),
+                })
+            }
+            (Some(_), Some(p)) => {
+                p.unacked.insert(t, version.to_string());
+            }
+            // A newer response of a type in flight (say, after a
+            // subscription change) supersedes the one that carried the
+            // change; its ACK completes the type.
+            (None, Some(p)) => {
+                if let Some(v) = p.unacked.get_mut(&t) {
+                    *v = version.to_string();
+                }
+            }
+            (None, None) => {}
+        }
         self.with_type(t, |s| {
             s.sent = Some(Sent {
                 version: version.to_string(),
@@ -478,15 +555,34 @@ impl StreamHandle {
         c.bytes.inc_by(bytes as u64);
     }
 
-    pub(crate) fn acked(&self, t: TypeUrl, version: &str) {
+    pub(crate) fn acked(&mut self, t: TypeUrl, version: &str) {
         self.with_type(t, |s| s.acked_version = Some(version.to_string()));
         self.status.metrics.by_type[type_index(t)].acks.inc();
+        if let Some(p) = &mut self.push
+            && p.unacked.get(&t).is_some_and(|v| v == version)
+        {
+            p.unacked.remove(&t);
+            if p.unacked.is_empty() {
+                let elapsed = p.published.elapsed().as_secs_f64();
+                self.status.metrics.push_ack_by_kind[kind_index(self.kind)].observe(elapsed);
+                self.push = None;
+            }
+        }
         if let Some(hook) = self.status.on_ack.get() {
             hook(&self.node_id, t, version);
         }
     }
 
-    pub(crate) fn nacked(&self, t: TypeUrl, version: &str, nonce: &str, message: &str) {
+    pub(crate) fn nacked(&mut self, t: TypeUrl, version: &str, nonce: &str, message: &str) {
+        // The change did not take on this node: counted as a NACK, not as
+        // push latency.
+        if self
+            .push
+            .as_ref()
+            .is_some_and(|p| p.unacked.contains_key(&t))
+        {
+            self.push = None;
+        }
         self.with_type(t, |s| {
             s.last_nack = Some(Nack {
                 version: version.to_string(),
@@ -511,77 +607,4 @@ impl Drop for StreamHandle {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use envoy_types::pb::envoy::config::core::v3::Node;
-
-    fn node(id: &str, ua: &str) -> NodeInfo {
-        NodeInfo::from_node(&Node {
-            id: id.into(),
-            cluster: "web".into(),
-            user_agent_name: ua.into(),
-            ..Default::default()
-        })
-    }
-
-    #[test]
-    fn a_stream_shows_while_connected_and_counts_stay() {
-        let status = Arc::new(ServerStatus::new());
-        let acks = Arc::new(Mutex::new(Vec::new()));
-        let seen = acks.clone();
-        assert!(status.set_ack_hook(move |id, t, v| {
-            seen.lock()
-                .unwrap()
-                .push((id.to_string(), t, v.to_string()))
-        }));
-        let grpc = status.open_stream(&node("g-1", "gRPC Python"), Transport::Sotw);
-        grpc.subscribed(TypeUrl::Listener, false, 1);
-        grpc.sent(TypeUrl::Listener, "v1", "1-1", 1, 100);
-        grpc.acked(TypeUrl::Listener, "v1");
-        grpc.sent(TypeUrl::Listener, "v2", "1-2", 1, 120);
-        grpc.nacked(TypeUrl::Listener, "v2", "1-2", "bad listener");
-        grpc.unknown_type();
-        let envoy = status.open_stream(&node("e-1", "envoy"), Transport::Delta);
-
-        let c = status.counters();
-        assert_eq!(c.streams_connected[&DataPlane::Grpc], 1);
-        assert_eq!(c.streams_connected[&DataPlane::Envoy], 1);
-        assert_eq!(
-            (c.responses_sent, c.bytes_sent, c.acks, c.nacks),
-            (2, 220, 1, 1)
-        );
-        assert_eq!(
-            *acks.lock().unwrap(),
-            [("g-1".to_string(), TypeUrl::Listener, "v1".to_string())]
-        );
-
-        let json = status.to_json();
-        let lds = &json["streams"][0]["types"]["LDS"];
-        assert_eq!(json["streams"][0]["transport"], "sotw");
-        assert_eq!(json["streams"][0]["kind"], "grpc");
-        assert_eq!(lds["acked_version"], "v1");
-        assert_eq!(lds["sent"]["nonce"], "1-2");
-        assert_eq!(lds["last_nack"]["message"], "bad listener");
-        assert_eq!(json["counters"]["unknown_type_requests"], 1);
-
-        let mut text = String::new();
-        status.render_metrics(&mut text);
-        for line in [
-            "weft_xds_streams_connected{kind=\"grpc\",transport=\"sotw\"} 1",
-            "weft_xds_responses_sent_total{type=\"LDS\"} 2",
-            "weft_xds_sent_bytes_total{type=\"LDS\"} 220",
-            "weft_xds_nacks_total{type=\"LDS\"} 1",
-            "weft_xds_unknown_type_requests_total 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
-        }
-        assert!(!text.contains("# EOF"));
-
-        drop(grpc);
-        drop(envoy);
-        assert!(status.streams().is_empty());
-        let c = status.counters();
-        assert_eq!(c.streams_connected[&DataPlane::Grpc], 0);
-        assert_eq!(c.responses_sent, 2, "totals outlive the streams");
-    }
-}
+mod tests;

@@ -181,6 +181,33 @@ pub fn external_tool(var: &str, what: &str) -> Option<PathBuf> {
     }
 }
 
+/// An external tool from environment variable `var` (set by
+/// scripts/test.sh), else command `cmd` on `PATH`; missing, the test fails
+/// in CI (env `CI` set) and skips elsewhere, saying why.
+pub fn external_tool_or_path(var: &str, cmd: &str, what: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(cmd))
+            .find(|p| p.is_file())
+    });
+    match on_path {
+        Some(p) => Some(p),
+        None if std::env::var_os("CI").is_some() => panic!(
+            "{what} is missing: neither {var} is set nor `{cmd}` on PATH \
+             (scripts/setup.sh installs it, scripts/test.sh sets {var})"
+        ),
+        None => {
+            eprintln!(
+                "skipped: {what} not found ({var} unset, no `{cmd}` on PATH); run ./scripts/test.sh"
+            );
+            None
+        }
+    }
+}
+
 /// tests/grpc/grpc_check.py: gRPC echo servers and checking clients.
 pub fn grpc_check_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/grpc/grpc_check.py")

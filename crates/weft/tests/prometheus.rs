@@ -1,0 +1,254 @@
+//! Prometheus over the mesh: `weft control` lists every weft proxy on xDS
+//! (and itself) at `/sd/prometheus`, and a real Prometheus, discovering its
+//! targets there, counts exactly the requests the test sent through two
+//! sidecars.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use weft_test_support::{HttpClient, TempDir, WeftProcess, free_addr, wait_until};
+
+/// Control plane, proxies and Prometheus notice each other within this.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn mesh(app: SocketAddr) -> String {
+    service("catalog", "http", &[(app, 1)], None) + &service("frontend", "http", &[], None)
+}
+
+/// What `/sd/prometheus` lists now.
+async fn discovered(control: &ControlPlane) -> Vec<Value> {
+    let r = HttpClient::http1()
+        .get(control.admin, "admin", "/sd/prometheus")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_str(&r.text()).unwrap();
+    v.as_array().expect("a JSON array of target groups").clone()
+}
+
+fn group(target: SocketAddr, node: &str, service: &str, kind: &str) -> Value {
+    serde_json::json!({
+        "targets": [target.to_string()],
+        "labels": {
+            "weft_node": node,
+            "weft_service": service,
+            "weft_kind": kind,
+            "__metrics_path__": "/metrics",
+        },
+    })
+}
+
+#[tokio::test]
+async fn weft_proxies_on_xds_are_listed_with_their_labels_until_they_stop() {
+    let app = app("catalog", &[]).await;
+    let dir = config_dir(&[("mesh.yaml", &mesh(app.addr))]);
+    let control = control_plane(dir.path()).await;
+    let mut one = xds_sidecar(control.xds, "frontend-1", "frontend").await;
+    let two = xds_sidecar(control.xds, "frontend-2", "frontend").await;
+
+    let own = group(control.admin, "weft-control", "weft-control", "control");
+    let mut expected = vec![
+        own.clone(),
+        group(one.admin, "frontend-1", "frontend", "weft"),
+        group(two.admin, "frontend-2", "frontend", "weft"),
+    ];
+    // Listed by address.
+    expected[1..].sort_by_key(|g| g["targets"][0].as_str().unwrap().to_string());
+    let listed = wait_until("both proxies listed", CONVERGE, || async {
+        let groups = discovered(&control).await;
+        (groups.len() == 3).then_some(groups)
+    })
+    .await
+    .unwrap();
+    assert_eq!(listed, expected);
+
+    one.proc.sigterm();
+    one.proc.wait_exit(CONVERGE).await.unwrap();
+    let listed = wait_until("the stopped proxy gone", CONVERGE, || async {
+        let groups = discovered(&control).await;
+        (groups.len() == 2).then_some(groups)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        listed,
+        [own, group(two.admin, "frontend-2", "frontend", "weft")]
+    );
+}
+
+/// `s` for a URL query value.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A `prometheus` process on a free port, its data in a temp dir.
+struct Prometheus {
+    proc: WeftProcess,
+    addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    /// Scrapes every second whatever `sd` (an `http_sd_configs` URL) lists.
+    async fn start(bin: &std::path::Path, sd: &str) -> Prometheus {
+        let dir = TempDir::new("weft-prometheus").unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n\
+                 - job_name: weft\n  \
+                   http_sd_configs: [{{url: \"{sd}\", refresh_interval: 1s}}]\n"
+            ),
+        )
+        .unwrap();
+        let addr = free_addr();
+        let args = [
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address={addr}"),
+            "--log.level=warn".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = WeftProcess::spawn(bin, &args).expect("spawn prometheus");
+        wait_until("prometheus ready", CONVERGE, || async move {
+            let r = HttpClient::http1()
+                .get(addr, "prometheus", "/-/ready")
+                .await
+                .ok()?;
+            r.status.is_success().then_some(())
+        })
+        .await
+        .unwrap();
+        Prometheus {
+            proc,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// An instant PromQL query: each result's labels and value.
+    async fn query(&self, promql: &str) -> Vec<(serde_json::Map<String, Value>, f64)> {
+        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let r = HttpClient::http1()
+            .get(self.addr, "prometheus", &path)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&r.text()).unwrap();
+        assert_eq!(v["status"], "success", "{promql}: {v}");
+        v["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let labels = s["metric"].as_object().unwrap().clone();
+                let value = s["value"][1].as_str().unwrap().parse().unwrap();
+                (labels, value)
+            })
+            .collect()
+    }
+
+    /// Polls `promql` until its results, as (value of label `by`, value)
+    /// sorted, equal `want`.
+    async fn wait_for(&self, promql: &str, by: &str, want: &[(&str, f64)]) {
+        let want: Vec<(String, f64)> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let last = std::sync::Mutex::new(Vec::new());
+        let seen = wait_until(promql, CONVERGE, || async {
+            let mut got: Vec<(String, f64)> = self
+                .query(promql)
+                .await
+                .into_iter()
+                .map(|(labels, v)| {
+                    let key = labels.get(by).and_then(Value::as_str).unwrap_or("");
+                    (key.to_string(), v)
+                })
+                .collect();
+            got.sort_by(|a, b| a.0.cmp(&b.0));
+            let done = got == want;
+            *last.lock().unwrap() = got;
+            done.then_some(())
+        })
+        .await;
+        assert!(
+            seen.is_ok(),
+            "{promql}: wanted {want:?}, Prometheus said {:?}\n{}",
+            last.lock().unwrap(),
+            self.proc.logs()
+        );
+    }
+}
+
+#[tokio::test]
+async fn prometheus_discovers_the_mesh_and_counts_what_it_served() {
+    let Some(bin) = external_tool_or_path("WEFT_PROMETHEUS", "prometheus", "Prometheus") else {
+        return;
+    };
+    let app = app("catalog", &[]).await;
+    let dir = config_dir(&[("mesh.yaml", &mesh(app.addr))]);
+    let control = control_plane(dir.path()).await;
+    let one = xds_sidecar(control.xds, "frontend-1", "frontend").await;
+    let two = xds_sidecar(control.xds, "frontend-2", "frontend").await;
+    wait_until("both proxies listed", CONVERGE, || async {
+        (discovered(&control).await.len() == 3).then_some(())
+    })
+    .await
+    .unwrap();
+
+    // frontend-1: 30 OK and 10 answered 500 by the app; frontend-2: 20 OK.
+    let client = HttpClient::http1();
+    for (proxy, path, n, status) in [
+        (&one, "/", 30, 200),
+        (&one, "/status/500", 10, 500),
+        (&two, "/", 20, 200),
+    ] {
+        for _ in 0..n {
+            let r = client.get(proxy.outbound, "catalog", path).await.unwrap();
+            assert_eq!(r.status, status, "{}", r.text());
+        }
+    }
+
+    let sd = format!("http://{}/sd/prometheus", control.admin);
+    let prometheus = Prometheus::start(&bin, &sd).await;
+    // Every target discovered and scraped, with weft's labels.
+    prometheus
+        .wait_for(
+            "sum by (weft_kind) (up)",
+            "weft_kind",
+            &[("control", 1.0), ("weft", 2.0)],
+        )
+        .await;
+    prometheus
+        .wait_for(
+            r#"sum by (weft_node) (weft_requests_total{direction="outbound",weft_service="frontend"})"#,
+            "weft_node",
+            &[("frontend-1", 40.0), ("frontend-2", 20.0)],
+        )
+        .await;
+    prometheus
+        .wait_for(
+            r#"sum(weft_requests_total{direction="outbound",code!~"5.."}) / sum(weft_requests_total{direction="outbound"})"#,
+            "",
+            &[("", 50.0 / 60.0)],
+        )
+        .await;
+    // The control plane's own metrics come through the same discovery.
+    prometheus
+        .wait_for(
+            r#"sum by (weft_kind) (weft_xds_streams_connected{kind="weft"})"#,
+            "weft_kind",
+            &[("control", 2.0)],
+        )
+        .await;
+}
