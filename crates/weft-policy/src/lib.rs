@@ -21,6 +21,9 @@
 //! - [`ratelimit`]: local rate limits, a lock-free token bucket per route
 //!   or per proxy and a bounded per-source limiter, with the
 //!   `x-ratelimit-*` / `retry-after` response headers.
+//! - [`trace`]: trace context propagation (W3C `traceparent`/`tracestate`,
+//!   B3 single and multi-header): read the caller's context, make this
+//!   hop's span, write it on, sample new traces by ratio.
 
 pub mod admission;
 pub mod balance;
@@ -33,3 +36,4 @@ pub mod quota;
 pub mod ratelimit;
 pub mod retry;
 pub mod rng;
+pub mod trace;

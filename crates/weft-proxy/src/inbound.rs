@@ -6,6 +6,7 @@
 //!      opaque TCP) ............................. listener.rs
 //!   2. deadline: the caller's, enforced and passed to the app shrunk
 //!      (authorization, rate limit, fault: later issues)
+//!      trace context: this hop's span, handed to the app . trace.rs
 //!   3. forward to the app (`--app`, else the inbound listener's cluster
 //!      from the config) over the same protocol ..... forward.rs
 //!   4. metrics
@@ -23,6 +24,7 @@ use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers::is_grpc;
 use crate::state::Shared;
+use crate::trace;
 
 pub async fn handle(
     shared: Arc<Shared>,
@@ -63,6 +65,8 @@ pub async fn handle(
     if let Err(err) = deadline.stamp(req.headers_mut()) {
         return Ok(shared.finish(&shared.inbound_stats, Err(err), grpc, start));
     }
+    // The app sees this proxy's span as its parent.
+    let _span = trace::propagate(req.headers_mut(), &shared.metrics);
     let result = forward(client, req, deadline.timeout()).await;
     Ok(shared.finish(&shared.inbound_stats, result, grpc, start))
 }

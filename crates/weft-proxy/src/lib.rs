@@ -31,6 +31,7 @@ mod route;
 pub mod snapshot;
 pub mod state;
 mod tcp;
+mod trace;
 pub mod upstream;
 mod xds;
 

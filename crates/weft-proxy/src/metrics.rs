@@ -136,6 +136,7 @@ pub struct ProxyMetrics {
     pub policy: PolicyMetrics,
     pub deadline_malformed: Family<HeaderLabels, Counter>,
     pub deadline_exceeded: Counter,
+    pub trace_malformed: Family<HeaderLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -288,7 +289,14 @@ impl ProxyMetrics {
             "Requests answered 504 / DEADLINE_EXCEEDED because no time was left for an attempt",
             deadline_exceeded.clone(),
         );
+        let trace_malformed = Family::<HeaderLabels, Counter>::default();
+        registry.register(
+            "trace_headers_malformed",
+            "Trace context headers removed because their value was malformed (a new trace or the caller's other format took over), by header",
+            trace_malformed.clone(),
+        );
         Self {
+            trace_malformed,
             deadline_malformed,
             deadline_exceeded,
             health,
@@ -310,6 +318,13 @@ impl ProxyMetrics {
     /// Counts a malformed deadline header.
     pub fn deadline_malformed(&self, header: &'static str) {
         self.deadline_malformed
+            .get_or_create(&HeaderLabels { header })
+            .inc();
+    }
+
+    /// Counts a malformed trace context header.
+    pub fn trace_malformed(&self, header: &'static str) {
+        self.trace_malformed
             .get_or_create(&HeaderLabels { header })
             .inc();
     }

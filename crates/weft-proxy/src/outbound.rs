@@ -8,6 +8,7 @@
 //!      admission (drop ratio, denied callers), faults . admission.rs
 //!      (rate limits: later)
 //!   4. split: weighted pick of the rule's backend Service
+//!      trace context: this hop's span, for every attempt .. trace.rs
 //!   5. retries and backup requests with their budget .. governed.rs
 //!      balance: latency-aware P2C (or the policy's) ... snapshot.rs
 //!   6. forward: endpoint pool, timeout, upgrades ... forward.rs
@@ -32,6 +33,7 @@ use crate::headers::is_grpc;
 use crate::metrics::{Direction, RequestLabels, RouteStats};
 use crate::snapshot::VipTarget;
 use crate::state::Shared;
+use crate::trace;
 
 /// How an outbound listener finds the Service.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +80,7 @@ pub async fn handle(
             start,
         ));
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let Some(rule) = table.find(&parts) else {
         let err = ProxyError::NoRoute(format!(
             "no rule of {} matches {} {}",
@@ -134,6 +136,9 @@ pub async fn handle(
     {
         return Ok(shared.finish(&rule.stats, Err(err), grpc, start));
     }
+
+    // 4. trace context: stamped once, so every attempt carries this span.
+    let _span = trace::propagate(&mut parts.headers, &shared.metrics);
 
     // 5. retries and hedging (when the rule's policy asks), balance,
     // 6. forward, endpoint health
