@@ -130,6 +130,21 @@ impl TraceHeader {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// The header of a (lowercase) name, if it is one of these.
+    pub fn from_name(name: &str) -> Option<TraceHeader> {
+        Some(match name {
+            TRACEPARENT => TraceHeader::Traceparent,
+            TRACESTATE => TraceHeader::Tracestate,
+            B3 => TraceHeader::B3,
+            X_B3_TRACEID => TraceHeader::XB3TraceId,
+            X_B3_SPANID => TraceHeader::XB3SpanId,
+            X_B3_PARENTSPANID => TraceHeader::XB3ParentSpanId,
+            X_B3_SAMPLED => TraceHeader::XB3Sampled,
+            X_B3_FLAGS => TraceHeader::XB3Flags,
+            _ => return None,
+        })
+    }
 }
 
 /// A set of [`TraceHeader`]s (a bit set: no allocation).
