@@ -251,4 +251,94 @@ async fn prometheus_discovers_the_mesh_and_counts_what_it_served() {
             &[("control", 2.0)],
         )
         .await;
+
+    // The Grafana dashboard: every query is valid PromQL over these
+    // metrics, and the panels a user opens first show this mesh.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../deploy/grafana/weft-mesh.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let expr = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$service", ".*");
+            queries.push((panel["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    for (_, expr) in &queries {
+        // `query` fails the test unless Prometheus accepted the expression.
+        prometheus.query(expr).await;
+    }
+    // Every metric a query names is one a proxy or the control plane
+    // registers: families without samples are not exported yet, so the
+    // names come from the registrations (`registry.register("name", ...)`
+    // under each registry's prefix).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut families = std::collections::BTreeSet::new();
+    for (file, prefix) in [
+        ("crates/weft-proxy/src/metrics.rs", "weft"),
+        ("crates/weft-control/src/metrics.rs", "weft_control"),
+        ("crates/weft-xds/src/server/status.rs", "weft_xds"),
+    ] {
+        let source = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut lines = source.lines();
+        while let Some(line) = lines.next() {
+            if !line.trim_end().ends_with("register(") {
+                continue;
+            }
+            if let Some(name) = lines.next().and_then(|l| l.trim().strip_prefix('"')) {
+                let name = name.split('"').next().unwrap_or_default();
+                families.insert(format!("{prefix}_{name}"));
+            }
+        }
+    }
+    assert!(families.contains("weft_requests"), "{families:?}");
+    for (title, expr) in &queries {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("weft_"))
+        {
+            let family = ["_bucket", "_total"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                families.contains(family),
+                "panel {title:?} reads {name}, which nothing exports ({families:?})"
+            );
+        }
+    }
+    for must_show in [
+        "Requests per second",
+        "Success rate",
+        "Latency p50 / p99",
+        "Share of requests per endpoint",
+        "Connected xDS streams by data plane",
+        "Config generation and rejected changes",
+    ] {
+        let exprs: Vec<&String> = queries
+            .iter()
+            .filter(|(t, _)| t == must_show)
+            .map(|(_, e)| e)
+            .collect();
+        assert!(!exprs.is_empty(), "no panel {must_show:?}");
+        wait_until(must_show, CONVERGE, || async {
+            for e in &exprs {
+                if prometheus.query(e).await.is_empty() {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("panel {must_show:?} shows nothing: {exprs:?}"));
+    }
 }
