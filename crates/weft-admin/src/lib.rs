@@ -36,6 +36,13 @@ impl AdminResponse {
             body,
         }
     }
+    pub fn bad_request(why: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            content_type: "text/plain",
+            body: why.into(),
+        }
+    }
     pub fn not_found(why: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

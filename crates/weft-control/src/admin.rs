@@ -29,12 +29,18 @@ impl AdminEndpoints for Control {
             "/status" => Some(AdminResponse::json(pretty(&self.status_json()))),
             "/config_dump" => Some(self.config_dump(query)),
             "/sd/prometheus" => Some(AdminResponse::json(pretty(&self.prometheus_targets()))),
+            "/traffic" => Some(self.traffic(query)),
             _ => None,
         }
     }
 
     fn paths(&self) -> &'static [&'static str] {
-        &["/status", "/config_dump?node=ID", "/sd/prometheus"]
+        &[
+            "/status",
+            "/config_dump?node=ID",
+            "/sd/prometheus",
+            "/traffic?window=30s&service=NAME",
+        ]
     }
 }
 
@@ -51,6 +57,30 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
 }
 
 impl Control {
+    /// `/traffic?window=30s&service=NAME`: golden metrics per Service and
+    /// edge over the window (SMI TrafficMetrics shape), from the proxies.
+    fn traffic(&self, query: Option<&str>) -> AdminResponse {
+        let window = match query_param(query, "window") {
+            None => std::time::Duration::from_secs(30),
+            Some(w) => match weft_model::parse_duration(w) {
+                Ok(d)
+                    if d >= std::time::Duration::from_secs(1)
+                        && d <= crate::traffic::MAX_WINDOW =>
+                {
+                    d
+                }
+                _ => {
+                    return AdminResponse::bad_request(format!(
+                        "window {w:?}: give a duration from 1s to {}s, e.g. 30s\n",
+                        crate::traffic::MAX_WINDOW.as_secs()
+                    ));
+                }
+            },
+        };
+        let service = query_param(query, "service");
+        AdminResponse::json(pretty(&self.traffic.traffic_json(window, service)))
+    }
+
     /// Prometheus `http_sd_configs`: one target group per admin address,
     /// labelled with the node (`weft_node`), its Service (`weft_service`),
     /// data-plane kind (`weft_kind`) and metrics path (`/metrics`, Envoy's

@@ -12,6 +12,7 @@
 mod admin;
 mod cache;
 mod metrics;
+pub mod traffic;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub struct ControlOptions {
     /// Rate-limit counters in this Redis (`redis://host:port`), shared by
     /// every control-plane replica pointed at it; in memory when `None`.
     pub redis: Option<String>,
+    /// How often every weft proxy's `/metrics` is read for `/traffic`
+    /// (`weft stat`).
+    pub traffic_interval: Duration,
 }
 
 impl ControlOptions {
@@ -51,6 +55,7 @@ impl ControlOptions {
             reload_interval: Duration::from_millis(200),
             translate: TranslateOptions::default(),
             redis: None,
+            traffic_interval: Duration::from_secs(5),
         }
     }
 }
@@ -81,6 +86,8 @@ pub(crate) struct Control {
     pub draining: std::sync::atomic::AtomicBool,
     /// This control plane's own admin address as `/sd/prometheus` lists it.
     pub admin_target: String,
+    /// Golden metrics per Service and edge, from the proxies (`/traffic`).
+    pub traffic: Arc<traffic::TrafficView>,
 }
 
 /// A started control plane.
@@ -130,6 +137,7 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
         last_error: Mutex::new(None),
         draining: Default::default(),
         admin_target: own_admin_target(admin).await,
+        traffic: Arc::default(),
     });
     control.metrics.config_generation.set(1);
     control.metrics.config_published_at.set(unix_now());
@@ -152,6 +160,12 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
         }
     });
     let admin_task = tokio::spawn(weft_admin::serve(admin_l, control.clone(), stop_rx.clone()));
+    let traffic_task = tokio::spawn(traffic::scrape_loop(
+        control.traffic.clone(),
+        control.status.clone(),
+        opts.traffic_interval,
+        stop_rx.clone(),
+    ));
     let reload_task = tokio::spawn(watch_config(control.clone(), opts.reload_interval, stop_rx));
     tracing::info!(
         %xds,
@@ -165,7 +179,7 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
         xds,
         admin,
         stop,
-        tasks: vec![xds_task, admin_task, reload_task],
+        tasks: vec![xds_task, admin_task, reload_task, traffic_task],
     })
 }
 
