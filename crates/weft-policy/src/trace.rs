@@ -347,8 +347,7 @@ pub struct Sampler {
 pub struct InvalidRatio(pub f64);
 
 impl Sampler {
-    /// Samples every new trace (the proxy's default until the export slice
-    /// adds `--trace-sampling`).
+    /// Samples every new trace (the proxy's default `--trace-sampling`).
     pub const ALWAYS: Sampler = Sampler { ratio: 1.0 };
     /// Samples none.
     pub const NEVER: Sampler = Sampler { ratio: 0.0 };

@@ -51,6 +51,8 @@ use crate::metrics::{PolicyLabels, PolicyMetrics, PolicyReasonLabels};
 use crate::observe::{HeadVerdict, InFlight, classify_error, classify_head, conclude};
 use crate::policy::{AdmissionSettings, FaultSettings, RouteSettings};
 use crate::snapshot::Cluster;
+use crate::span::{AttemptSpan, RequestSpan};
+use crate::trace;
 
 /// Request bodies buffered for retries when hedging does not set a limit.
 const RETRY_BUFFER: usize = 64 * 1024;
@@ -287,12 +289,23 @@ struct Done {
     sent: Instant,
     inflight: InFlight,
     result: Result<Response<ProxyBody>, ProxyError>,
+    /// Its span (dropped with the attempt's future: recorded as cancelled).
+    span: Option<AttemptSpan>,
+}
+
+impl Done {
+    /// Records the attempt's span; `won`: the answer of a hedged request.
+    fn finish_span(&mut self, won: bool) {
+        if let Some(s) = self.span.take() {
+            s.finish(&self.result, won);
+        }
+    }
 }
 
 async fn attempt(
     cluster: Arc<Cluster>,
     index: usize,
-    req: Request<ProxyBody>,
+    (req, span): (Request<ProxyBody>, Option<AttemptSpan>),
     timeout: Option<Duration>,
     backup: bool,
 ) -> Done {
@@ -305,10 +318,14 @@ async fn attempt(
         sent,
         inflight,
         result,
+        span,
     }
 }
 
-/// Sends a request of a rule with an active policy.
+/// Sends a request of a rule with an active policy. With a request `span`
+/// (sampled, exported), each attempt gets a child span whose id its
+/// request carries upstream.
+#[allow(clippy::too_many_arguments)] // the request's pieces, each used once
 pub async fn send(
     cluster: &Arc<Cluster>,
     policy: &RoutePolicy,
@@ -317,6 +334,7 @@ pub async fn send(
     deadline: &RequestDeadline,
     grpc: bool,
     start: Instant,
+    span: Option<&RequestSpan>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     policy.budget.deposit(clock::at(start));
     let timeout = deadline.timeout();
@@ -374,10 +392,19 @@ pub async fn send(
         deadline.stamp(req.headers_mut())?;
         Ok(req)
     };
+    // Attempt `n` to endpoint `i`: its span, and that span on its request.
+    let traced = |mut req: Request<ProxyBody>, i: usize, n: u32, backup: bool| {
+        let s = span.map(|s| {
+            let (a, ctx) = s.attempt(n, &cluster.endpoints[i].label, backup);
+            trace::restamp(req.headers_mut(), &ctx);
+            a
+        });
+        (req, s)
+    };
     inflight.push(attempt(
         cluster.clone(),
         first,
-        stamped()?,
+        traced(stamped()?, first, 1, false),
         try_timeout(remaining()),
         false,
     ));
@@ -390,7 +417,7 @@ pub async fn send(
     loop {
         tokio::select! {
             biased;
-            Some(done) = inflight.next() => {
+            Some(mut done) = inflight.next() => {
                 let now = clock::now();
                 let latency = done.sent.elapsed();
                 let (retriable, success) = match &done.result {
@@ -406,6 +433,7 @@ pub async fn send(
                 let more = !inflight.is_empty();
                 if retriable && more {
                     // Another attempt is still racing: it may answer well.
+                    done.finish_span(false);
                     let _ = conclude(cluster, done.index, done.inflight, done.result, grpc, done.sent);
                     continue;
                 }
@@ -426,6 +454,7 @@ pub async fn send(
                 };
                 match decision {
                     Some(RetryDecision::Retry { after }) => {
+                        done.finish_span(false);
                         let _ = conclude(cluster, done.index, done.inflight, done.result, grpc, done.sent);
                         tokio::select! {
                             _ = tokio::time::sleep(after) => {}
@@ -446,7 +475,7 @@ pub async fn send(
                         inflight.push(attempt(
                             cluster.clone(),
                             i,
-                            stamped()?,
+                            traced(stamped()?, i, attempts, false),
                             try_timeout(remaining()),
                             false,
                         ));
@@ -455,6 +484,7 @@ pub async fn send(
                     _ => {
                         // The answer: the others lose (dropped = cancelled).
                         drop(inflight);
+                        done.finish_span(backups > 0);
                         if let Some(h) = &policy.hedge {
                             h.record(
                                 now,
@@ -492,7 +522,7 @@ pub async fn send(
                         inflight.push(attempt(
                             cluster.clone(),
                             i,
-                            req,
+                            traced(req, i, attempts, true),
                             try_timeout(remaining()),
                             true,
                         ));

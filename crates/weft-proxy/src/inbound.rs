@@ -6,7 +6,8 @@
 //!      opaque TCP) ............................. listener.rs
 //!   2. deadline: the caller's, enforced and passed to the app shrunk
 //!      (authorization, rate limit, fault: later issues)
-//!      trace context: this hop's span, handed to the app . trace.rs
+//!      trace context: this hop's span, handed to the app (and
+//!      recorded when sampled and exported) ......... trace.rs, span.rs
 //!   3. forward to the app (`--app`, else the inbound listener's cluster
 //!      from the config) over the same protocol ..... forward.rs
 //!   4. metrics
@@ -23,6 +24,7 @@ use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers::is_grpc;
+use crate::span::{Kind, RequestSpan};
 use crate::state::Shared;
 use crate::trace;
 
@@ -66,7 +68,22 @@ pub async fn handle(
         return Ok(shared.finish(&shared.inbound_stats, Err(err), grpc, start));
     }
     // The app sees this proxy's span as its parent.
-    let _span = trace::propagate(req.headers_mut(), &shared.metrics);
+    let ctx = trace::propagate(req.headers_mut(), &shared.metrics, shared.traces.sampler);
+    let span = RequestSpan::start(
+        shared.traces.exporter.as_ref(),
+        &ctx,
+        Kind::Server,
+        || format!("inbound {}", shared.local_service),
+        (req.method(), req.uri(), req.headers()),
+    )
+    .map(|mut s| {
+        s.route("inbound");
+        s.deadline(deadline.timeout());
+        s
+    });
     let result = forward(client, req, deadline.timeout()).await;
+    if let Some(s) = span {
+        s.finish(&result);
+    }
     Ok(shared.finish(&shared.inbound_stats, result, grpc, start))
 }

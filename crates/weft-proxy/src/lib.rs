@@ -24,11 +24,13 @@ mod io;
 mod listener;
 pub mod metrics;
 pub mod observe;
+pub mod otlp;
 pub mod outbound;
 pub mod policy;
 mod reload;
 mod route;
 pub mod snapshot;
+pub mod span;
 pub mod state;
 mod tcp;
 mod trace;
@@ -91,6 +93,12 @@ pub struct ProxyOptions {
     /// the service on its xDS port); standalone: none (global limits apply
     /// their failure mode).
     pub ratelimit: Option<String>,
+    /// `--otlp-endpoint`: export spans over OTLP/gRPC (`HOST:PORT`);
+    /// `None`: no spans are recorded.
+    pub otlp_endpoint: Option<String>,
+    /// `--trace-sampling`: the share of new traces sampled (`0.0..=1.0`);
+    /// a caller's decision is kept.
+    pub trace_sampling: f64,
 }
 
 impl ProxyOptions {
@@ -121,6 +129,8 @@ impl ProxyOptions {
             drain_timeout: Duration::from_secs(10),
             reload_interval: Duration::from_millis(200),
             ratelimit: None,
+            otlp_endpoint: None,
+            trace_sampling: 1.0,
         }
     }
 }
@@ -131,6 +141,10 @@ pub enum StartError {
     Config(#[from] weft_model::ConfigErrors),
     #[error("the config cannot be applied: {0}")]
     Build(#[from] BuildError),
+    #[error("--trace-sampling: {0}")]
+    Sampling(#[from] weft_policy::trace::InvalidRatio),
+    #[error("{0}")]
+    Otlp(#[from] otlp::InvalidEndpoint),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -148,6 +162,8 @@ pub struct RunningProxy {
     stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    /// Span export, stopped last (in-flight requests' spans are flushed).
+    export: Option<otlp::ExportTask>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -194,6 +210,14 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             opts.connect_timeout,
         )),
     });
+    let sampler = weft_policy::trace::Sampler::new(opts.trace_sampling)?;
+    let (exporter, export) = match &opts.otlp_endpoint {
+        Some(endpoint) => {
+            let (e, task) = otlp::start(endpoint, &local_service, &metrics)?;
+            (Some(e), Some(task))
+        }
+        None => (None, None),
+    };
     let generation = snapshot.generation;
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
@@ -217,6 +241,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         listeners: Default::default(),
         last_error: Default::default(),
         xds,
+        traces: trace::Traces { sampler, exporter },
     });
     shared.metrics.config_generation.set(generation as i64);
 
@@ -286,6 +311,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         stop,
         listeners,
         background,
+        export,
     })
 }
 
@@ -516,6 +542,9 @@ impl RunningProxy {
         }
         for h in self.background {
             let _ = h.await;
+        }
+        if let Some(export) = self.export {
+            export.finish().await;
         }
         tracing::info!("proxy stopped");
     }

@@ -137,6 +137,17 @@ pub struct ProxyMetrics {
     pub deadline_malformed: Family<HeaderLabels, Counter>,
     pub deadline_exceeded: Counter,
     pub trace_malformed: Family<HeaderLabels, Counter>,
+    /// Spans the OTLP collector accepted.
+    pub spans_exported: Counter,
+    /// Spans dropped: `queue_full` (the export queue was full: the
+    /// collector is slow or down) or `export_failed` (an export call failed
+    /// or timed out, or the collector rejected them).
+    pub spans_dropped: Family<SpanDropLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SpanDropLabels {
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -295,8 +306,22 @@ impl ProxyMetrics {
             "Trace context headers removed because their value was malformed (a new trace or the caller's other format took over), by header",
             trace_malformed.clone(),
         );
+        let spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans accepted by the OTLP collector (--otlp-endpoint)",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Family::<SpanDropLabels, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Spans not exported: queue_full (the export queue was full), export_failed (the collector failed, timed out or rejected them)",
+            spans_dropped.clone(),
+        );
         Self {
             trace_malformed,
+            spans_exported,
+            spans_dropped,
             deadline_malformed,
             deadline_exceeded,
             health,

@@ -7,8 +7,9 @@
 //!   3. deadline: min(route timeout, caller's) ...... deadline.rs
 //!      admission (drop ratio, denied callers), faults . admission.rs
 //!      (rate limits: later)
+//!      trace context: this hop's span (recorded when sampled and
+//!      exported) ................................... trace.rs, span.rs
 //!   4. split: weighted pick of the rule's backend Service
-//!      trace context: this hop's span, for every attempt .. trace.rs
 //!   5. retries and backup requests with their budget .. governed.rs
 //!      balance: latency-aware P2C (or the policy's) ... snapshot.rs
 //!   6. forward: endpoint pool, timeout, upgrades ... forward.rs
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::request::Parts;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
@@ -31,7 +33,9 @@ use crate::forward::request_authority;
 use crate::governed;
 use crate::headers::is_grpc;
 use crate::metrics::{Direction, RequestLabels, RouteStats};
+use crate::route::Rule;
 use crate::snapshot::VipTarget;
+use crate::span::{Kind, RequestSpan};
 use crate::state::Shared;
 use crate::trace;
 
@@ -98,10 +102,50 @@ pub async fn handle(
         ));
     };
 
+    // Trace context (this hop's span) before anything can answer, so the
+    // proxy's own answers (dropped, rate-limited, deadline) are spans too.
+    let ctx = trace::propagate(&mut parts.headers, &shared.metrics, shared.traces.sampler);
+    let mut span = RequestSpan::start(
+        shared.traces.exporter.as_ref(),
+        &ctx,
+        Kind::Client,
+        || format!("outbound {}", table.service),
+        (&parts.method, &parts.uri, &parts.headers),
+    );
+    if let Some(s) = &mut span {
+        s.route(&rule.label);
+    }
+    let service = &table.service;
+    let result = govern(
+        &shared,
+        service,
+        rule,
+        parts,
+        body,
+        (grpc, start),
+        span.as_mut(),
+    )
+    .await;
+    if let Some(s) = span {
+        s.finish(&result);
+    }
+    // 7. metrics
+    Ok(shared.finish(&rule.stats, result, grpc, start))
+}
+
+/// Stages 3-6 for a matched rule.
+async fn govern(
+    shared: &Shared,
+    service: &str,
+    rule: &Rule,
+    parts: Parts,
+    body: Incoming,
+    (grpc, start): (bool, Instant),
+    span: Option<&mut RequestSpan>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     // 4. split
     let Some(cluster) = rule.pick_backend() else {
-        let err = ProxyError::NoEndpoints(table.service.to_string());
-        return Ok(shared.finish(&rule.stats, Err(err), grpc, start));
+        return Err(ProxyError::NoEndpoints(service.to_string()));
     };
 
     // 3. deadline: the caller's and the route's
@@ -110,7 +154,7 @@ pub async fn handle(
         .as_ref()
         .and_then(|p| p.deadline())
         .unwrap_or((true, weft_policy::deadline::DEFAULT_MARGIN));
-    let deadline = match RequestDeadline::read_with(
+    let deadline = RequestDeadline::read_with(
         &parts.headers,
         rule.timeout,
         rule.timeout_set,
@@ -118,39 +162,32 @@ pub async fn handle(
         grpc,
         &shared.metrics,
         deadline_policy,
-    ) {
-        Ok(d) => d,
-        Err(err) => return Ok(shared.finish(&rule.stats, Err(err), grpc, start)),
-    };
+    )?;
+    let span = span.map(|s| {
+        s.deadline(deadline.timeout());
+        &*s
+    });
 
     // 3b. admission (drop ratio, denied callers) and injected faults
-    if let Some(p) = &rule.policy
-        && let Err(err) = admission::admit(
+    if let Some(p) = &rule.policy {
+        admission::admit(
             p,
             &shared.local_service,
             &parts.headers,
             &deadline,
             &shared.metrics,
         )
-        .await
-    {
-        return Ok(shared.finish(&rule.stats, Err(err), grpc, start));
+        .await?;
     }
-
-    // 4. trace context: stamped once, so every attempt carries this span.
-    let _span = trace::propagate(&mut parts.headers, &shared.metrics);
 
     // 5. retries and hedging (when the rule's policy asks), balance,
     // 6. forward, endpoint health
-    let result = match &rule.policy {
+    match &rule.policy {
         Some(p) if p.is_active() => {
-            governed::send(cluster, p, parts, body, &deadline, grpc, start).await
+            governed::send(cluster, p, parts, body, &deadline, grpc, start, span).await
         }
         _ => governed::once(cluster, Request::from_parts(parts, body), &deadline, grpc).await,
-    };
-
-    // 7. metrics
-    Ok(shared.finish(&rule.stats, result, grpc, start))
+    }
 }
 
 impl Shared {

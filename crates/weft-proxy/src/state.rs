@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::metrics::{ProxyMetrics, RouteStats};
 use crate::snapshot::Snapshot;
+use crate::trace::Traces;
 use crate::upstream::{EndpointClient, EndpointRegistry};
 
 /// The local application behind the inbound listener.
@@ -53,6 +54,8 @@ pub struct Shared {
     pub last_error: Mutex<Option<String>>,
     /// The control plane connection, in `--xds` mode.
     pub xds: Option<Arc<weft_xds::client::ClientStatus>>,
+    /// Sampling of new traces and span export.
+    pub traces: Traces,
 }
 
 impl Shared {

@@ -7,16 +7,17 @@
 //!   headers are removed (never forwarded broken), counted in
 //!   `weft_trace_headers_malformed_total{header}` and logged at debug.
 //! - Sampling: the caller's decision is kept; a new trace (or a B3 context
-//!   that deferred the decision) is sampled with ratio 1.0 until the export
-//!   slice adds `--trace-sampling`.
+//!   that deferred the decision) is sampled with `--trace-sampling`
+//!   (default 1.0).
 //! - `traceparent` is always written; B3 headers too, in the caller's style,
 //!   when it sent B3. A valid `tracestate` is left as it is; any other trace
 //!   header present is removed (B3 of another trace, a tracestate without a
 //!   valid traceparent).
 //!
-//! The headers are stamped once on the request's parts, so every retry and
-//! backup attempt of one request carries the same span for now; the export
-//! slice gives each attempt its own child span.
+//! The headers are stamped once on the request's parts. When spans are
+//! exported ([`crate::span`]), each retry and backup attempt of a sampled
+//! request gets its own child span and [`restamp`] writes that span's id on
+//! the attempt's request; otherwise every attempt carries the hop's span.
 //!
 //! Cost: one pass over the request's header names (cheaper than eight
 //! hashed lookups for the usual handful of headers), and when the request
@@ -29,6 +30,24 @@ use weft_policy::rng::ThreadRng;
 use weft_policy::trace::{self, Sampler, TraceContext, TraceHeader};
 
 use crate::metrics::ProxyMetrics;
+use crate::otlp::Exporter;
+
+/// The proxy's tracing settings.
+pub struct Traces {
+    /// Decides new traces (`--trace-sampling`); the caller's decision wins.
+    pub sampler: Sampler,
+    /// `--otlp-endpoint`: where finished spans go; `None`: no spans.
+    pub exporter: Option<Exporter>,
+}
+
+impl Default for Traces {
+    fn default() -> Self {
+        Self {
+            sampler: Sampler::ALWAYS,
+            exporter: None,
+        }
+    }
+}
 
 /// Pre-parsed names, indexed by [`TraceHeader::index`].
 static NAMES: [HeaderName; 8] = [
@@ -43,8 +62,12 @@ static NAMES: [HeaderName; 8] = [
 ];
 
 /// Replaces the caller's trace headers in `headers` with this hop's span and
-/// returns its context (for the export slice: trace id, span, parent).
-pub fn propagate(headers: &mut HeaderMap, metrics: &ProxyMetrics) -> TraceContext {
+/// returns its context (trace id, span, parent: the span to record).
+pub fn propagate(
+    headers: &mut HeaderMap,
+    metrics: &ProxyMetrics,
+    sampler: Sampler,
+) -> TraceContext {
     let mut found: [Option<&[u8]>; 8] = [None; 8];
     for (name, value) in headers.iter() {
         if let Some(h) = TraceHeader::from_name(name.as_str())
@@ -58,7 +81,7 @@ pub fn propagate(headers: &mut HeaderMap, metrics: &ProxyMetrics) -> TraceContex
         tracing::debug!(header = h.name(), "replaced a malformed trace header");
         metrics.trace_malformed(h.name());
     }
-    let ctx = read.child(Sampler::ALWAYS, &mut ThreadRng);
+    let ctx = read.child(sampler, &mut ThreadRng);
     let mut keep = trace::written(ctx.format, &ctx);
     if read.tracestate.is_some() {
         keep.insert(TraceHeader::Tracestate);
@@ -67,7 +90,14 @@ pub fn propagate(headers: &mut HeaderMap, metrics: &ProxyMetrics) -> TraceContex
     for h in present.iter().filter(|h| !keep.contains(*h)) {
         headers.remove(&NAMES[h.index()]);
     }
-    trace::inject(&ctx, |h, v| {
+    restamp(headers, &ctx);
+    ctx
+}
+
+/// Writes `ctx` on headers [`propagate`] already cleaned (an attempt's own
+/// span over the hop's; the same headers, so each is replaced).
+pub fn restamp(headers: &mut HeaderMap, ctx: &TraceContext) {
+    trace::inject(ctx, |h, v| {
         // Only ASCII hex digits and dashes: always a valid value.
         if let Ok(mut v) = HeaderValue::from_bytes(v) {
             // New on every request: not worth an HPACK table entry.
@@ -75,7 +105,6 @@ pub fn propagate(headers: &mut HeaderMap, metrics: &ProxyMetrics) -> TraceContex
             headers.insert(&NAMES[h.index()], v);
         }
     });
-    ctx
 }
 
 #[cfg(test)]
@@ -95,7 +124,7 @@ mod tests {
         h.insert("traceparent", HeaderValue::from_static("00-zz"));
         h.insert("tracestate", HeaderValue::from_static("a=1"));
         h.insert("x-b3-spanid", HeaderValue::from_static("00f067aa0ba902b7"));
-        let ctx = propagate(&mut h, &m);
+        let ctx = propagate(&mut h, &m, Sampler::ALWAYS);
         assert_eq!(names(&h), ["traceparent"]);
         assert_eq!(
             h["traceparent"].as_bytes(),
@@ -121,7 +150,7 @@ mod tests {
         h.insert("x-b3-spanid", HeaderValue::from_static("00f067aa0ba902b7"));
         h.insert("x-b3-sampled", HeaderValue::from_static("0"));
         h.insert("tracestate", HeaderValue::from_static("a=1"));
-        let ctx = propagate(&mut h, &m);
+        let ctx = propagate(&mut h, &m, Sampler::ALWAYS);
         assert_eq!(
             names(&h),
             [

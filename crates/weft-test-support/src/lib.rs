@@ -1,7 +1,8 @@
 //! Test harness for weft's integration and process-level tests: free
 //! loopback ports, polling with a deadline, a launcher for the real `weft`
 //! binary, a small HTTP client that keeps trailers, and tiny upstreams (TCP
-//! echo, HTTP upgrade echo) and a throwaway `redis-server`.
+//! echo, HTTP upgrade echo), a throwaway `redis-server` and an OTLP/gRPC
+//! trace receiver.
 //!
 //! A dev-dependency only: no production crate may depend on it. It depends
 //! on no weft crate either, so every crate's tests can use it.
@@ -12,6 +13,7 @@
 
 mod http;
 mod net;
+mod otlp;
 mod process;
 mod redis;
 mod temp;
@@ -20,6 +22,7 @@ mod wait;
 
 pub use http::{HttpClient, TestResponse, http_get};
 pub use net::{free_addr, free_port};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use process::WeftProcess;
 pub use redis::RedisServer;
 pub use temp::TempDir;

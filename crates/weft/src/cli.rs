@@ -30,6 +30,9 @@ pub enum Command {
     /// protocol) for the config directory's `rateLimit.global` limits.
     /// `weft control` serves the same service on its xDS port.
     Ratelimit(RatelimitArgs),
+    /// Print a Service's golden metrics (RPS, success rate, p50/p90/p99) and
+    /// its callers', as the control plane aggregates them from the proxies.
+    Stat(StatArgs),
     /// Run a sidecar proxy for one Service (outbound + inbound listeners),
     /// configured from a directory (--config) or a control plane (--xds).
     Proxy(ProxyArgs),
@@ -153,6 +156,16 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     weft_model::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Parses a sampling ratio in `0.0..=1.0`.
+pub fn sampling_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{s:?} is not a ratio from 0.0 to 1.0 (e.g. 0.01 samples 1% of new traces)"
+        )),
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["config", "xds"])))]
 pub struct ProxyArgs {
@@ -213,6 +226,17 @@ pub struct ProxyArgs {
     /// their failureMode).
     #[arg(long, value_name = "ADDR")]
     pub ratelimit: Option<String>,
+    /// Export spans (one per proxied request, one per retry/backup attempt)
+    /// to this OpenTelemetry collector over OTLP/gRPC (HOST:PORT). Spans
+    /// are queued and sent in batches; when the collector is down or slow
+    /// they are dropped and counted, never delaying requests. Without it,
+    /// no spans are recorded (trace headers are still propagated).
+    #[arg(long, value_name = "ADDR")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces sampled, 0.0 to 1.0 (a caller's sampling
+    /// decision in its trace headers is kept).
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = sampling_ratio)]
+    pub trace_sampling: f64,
     /// Close HTTP/1 connections whose request headers take longer than this.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
@@ -255,6 +279,25 @@ pub struct ControlArgs {
     /// share one count per limit. Default: in memory (one replica's view).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// How often the control plane reads every weft proxy's /metrics for
+    /// its traffic view (`/traffic`, `weft stat`).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub traffic_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatArgs {
+    /// The Service (`name` or `name.namespace`); all when absent.
+    pub service: Option<String>,
+    /// The control plane's admin address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15011")]
+    pub control: SocketAddr,
+    /// The numbers cover the last DURATION (1s to 300s).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    pub window: Duration,
+    /// Print the SMI TrafficMetrics JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +351,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(a) => Ok(validate(&a.dir)),
         Command::Control(a) => runtime(2)?.block_on(control(a)),
         Command::Ratelimit(a) => runtime(2)?.block_on(ratelimit(a)),
+        Command::Stat(a) => runtime(1)?.block_on(stat(a)),
         Command::Proxy(a) => {
             let workers = a.workers as usize;
             runtime(workers)?.block_on(proxy(a))
@@ -352,6 +396,18 @@ fn validate(dir: &std::path::Path) -> ExitCode {
     }
 }
 
+async fn stat(a: StatArgs) -> anyhow::Result<ExitCode> {
+    let traffic = weft_control::traffic::fetch(a.control, a.window, a.service.as_deref())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&traffic)?);
+    } else {
+        print!("{}", weft_control::traffic::render(&traffic));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn control(a: ControlArgs) -> anyhow::Result<ExitCode> {
     let mut opts = weft_control::ControlOptions::new(a.config);
     opts.xds = a.xds;
@@ -360,6 +416,7 @@ async fn control(a: ControlArgs) -> anyhow::Result<ExitCode> {
     opts.translate.outbound_port = a.sidecar_outbound_port;
     opts.translate.inbound_port = a.sidecar_inbound_port;
     opts.redis = a.redis;
+    opts.traffic_interval = a.traffic_interval;
     let running = match weft_control::start(opts).await {
         Ok(r) => r,
         Err(weft_control::StartError::Config(errors)) => {
@@ -420,6 +477,8 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     opts.connect_timeout = a.connect_timeout;
     opts.zone = a.zone;
     opts.ratelimit = a.ratelimit;
+    opts.otlp_endpoint = a.otlp_endpoint;
+    opts.trace_sampling = a.trace_sampling;
     opts.header_read_timeout = a.header_read_timeout;
     opts.max_header_bytes = a.max_header_bytes as usize;
     opts.detect_timeout = a.detect_timeout;
