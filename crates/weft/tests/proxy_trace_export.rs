@@ -263,3 +263,43 @@ async fn a_bad_sampling_ratio_is_refused_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a ratio from 0.0 to 1.0"), "{err}");
 }
+
+/// An app that forwards the trace headers it received (as `weft app
+/// --call` does) joins its own outbound call to the request's trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_forwards_trace_headers_joins_its_calls_to_the_trace() {
+    let rx = OtlpReceiver::start().await.unwrap();
+    let otlp = rx.addr().to_string();
+    let b = app("b", &[]).await;
+    let dir_b = config_dir(&[("b.yaml", &service("b", "http", &[(b.addr, 1)], None))]);
+    let a_side = proxy(dir_b.path(), "a", None, &["--otlp-endpoint", &otlp]).await;
+    let call = format!("b/headers@{}", a_side.outbound);
+    let a = app("a", &["--call", &call]).await;
+    let dir = config_dir(&[("a.yaml", &service("a", "http", &[(a.addr, 1)], None))]);
+    let edge = proxy(dir.path(), "frontend", None, &["--otlp-endpoint", &otlp]).await;
+
+    let r = HttpClient::http1()
+        .get(edge.outbound, "a", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let joined = wait_until("a's call joined the edge's trace", EXPORTED, || async {
+        let spans = rx.spans();
+        let call = spans.iter().find(|s| s.name == "outbound b.default")?;
+        let edge = spans
+            .iter()
+            .find(|s| s.name == "outbound a.default" && s.trace_id == call.trace_id)?;
+        Some((
+            edge.span_id.clone(),
+            call.parent_span_id.clone(),
+            call.service.clone(),
+        ))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        joined.0, joined.1,
+        "the app's call is a child of the edge's span"
+    );
+    assert_eq!(joined.2, "a.default");
+}

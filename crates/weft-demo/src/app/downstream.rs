@@ -133,16 +133,19 @@ impl Downstream {
     /// Makes the calls in order, stopping at the first that fails. With a
     /// deadline (the remaining time received, and when), each call carries
     /// what is left of it in `x-weft-deadline-ms` (0 once spent: the sidecar
-    /// then fails the call fast).
+    /// then fails the call fast). Each call also carries the trace headers
+    /// received (`trace`), as an app must for its calls' spans to join the
+    /// request's trace.
     pub(super) async fn call_all(
         &self,
         deadline: Option<(std::time::Duration, std::time::Instant)>,
+        trace: &[(http::HeaderName, HeaderValue)],
     ) -> Outcome {
         let mut names = Vec::with_capacity(self.calls.len());
         let mut failure = None;
         for prepared in &self.calls {
             let left = deadline.map(|(d, at)| d.saturating_sub(at.elapsed()));
-            match self.call_one(prepared, left).await {
+            match self.call_one(prepared, left, trace).await {
                 Ok((status, name)) => {
                     names.push(name.unwrap_or_else(|| "-".to_owned()));
                     if !status.is_success() {
@@ -165,10 +168,14 @@ impl Downstream {
         &self,
         prepared: &PreparedCall,
         deadline_left: Option<std::time::Duration>,
+        trace: &[(http::HeaderName, HeaderValue)],
     ) -> anyhow::Result<(StatusCode, Option<String>)> {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = prepared.uri.clone();
         req.headers_mut().insert(HOST, prepared.host.clone());
+        for (name, value) in trace {
+            req.headers_mut().append(name.clone(), value.clone());
+        }
         if let Some(left) = deadline_left {
             req.headers_mut().insert(
                 "x-weft-deadline-ms",

@@ -200,7 +200,18 @@ impl Shared {
         }
         let mut downstream_names = None;
         if let Some(downstream) = &self.downstream {
-            let outcome = downstream.call_all(deadline).await;
+            // The trace context, forwarded on our calls (traceparent,
+            // tracestate, b3, x-b3-*).
+            let trace: Vec<(http::HeaderName, HeaderValue)> = req
+                .headers()
+                .iter()
+                .filter(|(n, _)| {
+                    let n = n.as_str();
+                    n == "traceparent" || n == "tracestate" || n == "b3" || n.starts_with("x-b3-")
+                })
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            let outcome = downstream.call_all(deadline, &trace).await;
             if let Some(failure) = outcome.failure {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 let mut response = self.response(StatusCode::BAD_GATEWAY, AppBody::full(failure));
