@@ -5,6 +5,8 @@
 # usage: scripts/bench-ab.sh OLD_WEFT NEW_WEFT [ROUNDS]
 #   NEW_POLICY=FILE: the NEW runs also get FILE (e.g. a TrafficPolicy on Service `upstream`) in
 #   their config dir, so one binary against itself measures what a policy's layers cost
+#   NEW_ARGS="--flag value ...": extra `weft proxy` arguments for the NEW runs (e.g.
+#   NEW_ARGS="--otlp-endpoint 127.0.0.1:4317 --trace-sampling 0.01")
 #   e.g. git worktree add /tmp/old <commit>
 #        (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release -p weft)
 #        scripts/bench-ab.sh /tmp/old-target/release/weft target/release/weft 2
@@ -31,11 +33,15 @@ run() { # BIN PROTO: prints one result line
     cfg=$(mktemp -d "$W/cfg.XXXX")
     printf 'apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: upstream}\nspec:\n  ports: [{port: 8080, protocol: %s}]\n  endpoints: [{address: "127.0.0.1:%s"}]\n' \
         "$wproto" "$APP_PORT" >"$cfg/u.yaml"
+    local -a extra=()
     if [[ $3 == new && -n ${NEW_POLICY:-} ]]; then
         cp "$NEW_POLICY" "$cfg/policy.yaml"
     fi
+    if [[ $3 == new && -n ${NEW_ARGS:-} ]]; then
+        read -ra extra <<<"$NEW_ARGS"
+    fi
     taskset -c 1 "$bin" proxy --config "$cfg" --service bench --outbound "127.0.0.1:$PORT" \
-        --inbound 127.0.0.1:47101 --admin 127.0.0.1:47102 --workers 1 >/dev/null 2>&1 &
+        --inbound 127.0.0.1:47101 --admin 127.0.0.1:47102 --workers 1 "${extra[@]}" >/dev/null 2>&1 &
     p=$!
     for _ in $(seq 50); do curl -sf http://127.0.0.1:47102/ready >/dev/null && break; sleep 0.1; done
     if [[ $proto == h1 ]]; then
