@@ -40,7 +40,14 @@ pub struct Counts {
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
     pub by_callee: BTreeMap<String, Counts>,
+    /// When the proxy started (`weft_start_time_seconds`, Unix time).
+    pub started: Option<f64>,
 }
+
+/// A proxy first seen this soon after it started is counted from zero (its
+/// start); one running longer (the control plane restarted, say) from its
+/// first scrape, so its history is not taken for the window's traffic.
+const FRESH: Duration = Duration::from_secs(30);
 
 /// Parses weft's outbound request counters and latency buckets from a
 /// proxy's Prometheus text.
@@ -54,6 +61,10 @@ pub fn parse(text: &str) -> Scrape {
         let Ok(value) = value.parse::<f64>() else {
             continue;
         };
+        if series == "weft_start_time_seconds" {
+            out.started = Some(value);
+            continue;
+        }
         let (name, labels) = match series.split_once('{') {
             Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
             None => (series, ""),
@@ -211,6 +222,20 @@ impl TrafficView {
             samples: VecDeque::new(),
         });
         t.service = service.to_string();
+        if t.samples.is_empty()
+            && let Some(age) = scrape.started.and_then(|s| {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()?
+                    .as_secs_f64();
+                Duration::try_from_secs_f64(now - s).ok()
+            })
+            && age < FRESH
+        {
+            // Its counters were zero when it started.
+            t.samples
+                .push_back((at.checked_sub(age).unwrap_or(at), Scrape::default()));
+        }
         t.samples.push_back((at, scrape));
         while t
             .samples
@@ -591,6 +616,34 @@ weft_request_duration_seconds_bucket{direction="outbound",service="catalog.defau
         assert_eq!(json["items"][0]["resource"]["name"], "catalog");
         assert_eq!(json["items"][1]["edge"]["resource"]["name"], "frontend");
         assert_eq!(civil(0), (1970, 1, 1));
+
+        // A proxy that started a moment ago counts from zero even if its
+        // first scrape came after traffic; one running for long from its
+        // first scrape.
+        for (age, want) in [(5.0, 40.0), (3600.0, 0.0)] {
+            let view = TrafficView::default();
+            let started = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64()
+                - age;
+            let text = format!("{TEXT}weft_start_time_seconds {started}\n");
+            let first = parse(&text);
+            assert_eq!(first.started, Some(started));
+            view.record("p", "frontend.default", t0, first);
+            view.record(
+                "p",
+                "frontend.default",
+                t0 + Duration::from_secs(1),
+                parse(&text),
+            );
+            let e = view.edges(Duration::from_secs(60), t0 + Duration::from_secs(1));
+            let c = &e[&(
+                "frontend.default".to_string(),
+                "catalog.default".to_string(),
+            )];
+            assert_eq!(c.requests, want, "started {age} s ago");
+        }
         assert_eq!(civil(20_419), (2025, 11, 27));
     }
 }

@@ -312,6 +312,19 @@ impl ProxyMetrics {
             "Spans accepted by the OTLP collector (--otlp-endpoint)",
             spans_exported.clone(),
         );
+        // When this proxy started (its counters start at zero then): the
+        // control plane's traffic view counts a new proxy from it.
+        let start_time = Gauge::<f64, AtomicU64>::default();
+        start_time.set(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        );
+        registry.register(
+            "start_time_seconds",
+            "When this proxy started (Unix time)",
+            start_time,
+        );
         let spans_dropped = Family::<SpanDropLabels, Counter>::default();
         registry.register(
             "trace_spans_dropped",
