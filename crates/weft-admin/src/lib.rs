@@ -173,6 +173,17 @@ async fn handle<A: AdminEndpoints>(
     })
 }
 
+/// Waits up to `grace` for each of a command's tasks to finish after its
+/// stop signal, then aborts what is left (long-lived streams would
+/// otherwise hold the shutdown open).
+pub async fn stop_tasks(tasks: Vec<tokio::task::JoinHandle<()>>, grace: std::time::Duration) {
+    for mut t in tasks {
+        if tokio::time::timeout(grace, &mut t).await.is_err() {
+            t.abort();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

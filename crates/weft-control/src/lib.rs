@@ -223,14 +223,7 @@ impl RunningControl {
         // ADS streams are long-lived: tonic's graceful shutdown would wait
         // for every client to hang up. Give them a moment, then cut them
         // (clients keep their last config and reconnect with backoff).
-        for mut t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(2), &mut t)
-                .await
-                .is_err()
-            {
-                t.abort();
-            }
-        }
+        weft_admin::stop_tasks(self.tasks, Duration::from_secs(2)).await;
         tracing::info!("control plane stopped");
     }
 }

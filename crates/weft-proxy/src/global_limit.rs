@@ -179,15 +179,18 @@ pub enum GlobalDecision {
 
 impl GlobalDecision {
     /// `x-ratelimit-*` and `retry-after` for a refusal.
+    /// Written as the local bucket's refusals are (at least 1 s: a window
+    /// ending this instant still means "try again").
     pub fn headers(limit: u32, reset: Duration) -> Vec<(&'static str, String)> {
-        let secs = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
-        let secs = secs.max(1);
-        vec![
-            ("x-ratelimit-limit", limit.to_string()),
-            ("x-ratelimit-remaining", "0".to_string()),
-            ("x-ratelimit-reset", secs.to_string()),
-            ("retry-after", secs.to_string()),
-        ]
+        let reset = reset.max(Duration::from_secs(1));
+        weft_policy::ratelimit::Decision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_after: reset,
+            retry_after: Some(reset),
+        }
+        .headers()
     }
 }
 

@@ -217,14 +217,7 @@ impl RunningRateLimit {
     pub async fn shutdown(self) {
         self.admin_state.draining.store(true, Ordering::Relaxed);
         self.stop.send_replace(true);
-        for mut t in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(2), &mut t)
-                .await
-                .is_err()
-            {
-                t.abort();
-            }
-        }
+        weft_admin::stop_tasks(self.tasks, Duration::from_secs(2)).await;
         tracing::info!("rate-limit service stopped");
     }
 }
