@@ -1,12 +1,14 @@
 //! Launching the real `weft` binary for process-level tests.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::http::HttpClient;
 use crate::temp::TempDir;
 use crate::wait::wait_until;
 
@@ -117,6 +119,40 @@ impl WeftProcess {
             std::future::ready(self.logs().contains(needle))
         })
         .await
+    }
+
+    /// Polls `GET /ready` on the process's admin address until it answers
+    /// 200, bounded by `timeout`. Each probe has its own short timeout, so a
+    /// connection that hangs (another process on the port) does not eat the
+    /// whole budget; a process that exits fails at once, with its output.
+    pub async fn wait_admin_ready(
+        &mut self,
+        admin: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let client = HttpClient::http1().with_timeout(Duration::from_secs(1));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                anyhow::bail!(
+                    "`{}` exited ({status}) before {admin}/ready answered 200; its output:\n{}",
+                    self.command_line,
+                    self.logs()
+                );
+            }
+            let last = match client.get(admin, "admin", "/ready").await {
+                Ok(r) if r.status.is_success() => return Ok(()),
+                Ok(r) => format!("/ready answered {}", r.status),
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "timed out after {timeout:?} waiting for `{}` to be ready on {admin} (last: {last})",
+                    self.command_line
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn try_exit_status(&mut self) -> Option<ExitStatus> {

@@ -53,8 +53,8 @@ async fn control_at(dir: &Path, xds: SocketAddr, extra: &[&str]) -> Control {
     let mut args = vec!["control", "--config", d, "--xds", &x, "--admin", &a];
     args.extend_from_slice(extra);
     release(&[xds, admin]);
-    let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft control");
-    wait_ready("control plane ready", admin, READY).await;
+    let mut proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft control");
+    proc.wait_admin_ready(admin, READY).await.unwrap();
     Control { proc, admin }
 }
 
@@ -97,8 +97,8 @@ async fn xds_proxy(
         args.extend_from_slice(&["--app", app]);
     }
     release(&[outbound, inbound, admin]);
-    let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy --xds");
-    wait_ready(&format!("proxy {node} ready"), admin, READY).await;
+    let mut proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy --xds");
+    proc.wait_admin_ready(admin, READY).await.unwrap();
     Proxy {
         proc,
         outbound,

@@ -84,8 +84,8 @@ pub async fn proxy(config: &Path, service: &str, app: Option<SocketAddr>, extra:
         args.extend_from_slice(&["--app", app]);
     }
     args.extend_from_slice(extra);
-    let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy");
-    wait_ready(&format!("proxy {service} ready"), admin, READY).await;
+    let mut proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy");
+    proc.wait_admin_ready(admin, READY).await.unwrap();
     Proxy {
         proc,
         outbound,
@@ -98,6 +98,7 @@ pub async fn proxy(config: &Path, service: &str, app: Option<SocketAddr>, extra:
 pub async fn wait_ready(what: &str, admin: SocketAddr, timeout: Duration) {
     wait_until(what, timeout, || async move {
         let r = HttpClient::http1()
+            .with_timeout(Duration::from_secs(1))
             .get(admin, "admin", "/ready")
             .await
             .ok()?;
@@ -256,7 +257,7 @@ pub async fn control_plane(dir: &Path) -> ControlPlane {
         weft_test_support::free_port(),
         weft_test_support::free_port(),
     );
-    let proc = WeftProcess::spawn(
+    let mut proc = WeftProcess::spawn(
         &weft_bin(),
         &[
             "control",
@@ -273,7 +274,7 @@ pub async fn control_plane(dir: &Path) -> ControlPlane {
         ],
     )
     .expect("spawn weft control");
-    wait_ready("control plane ready", admin, READY).await;
+    proc.wait_admin_ready(admin, READY).await.unwrap();
     ControlPlane {
         proc,
         xds,
@@ -346,7 +347,7 @@ static_resources:
     let path = dir.join("bootstrap.yaml");
     std::fs::write(&path, bootstrap).unwrap();
     let base_id = (std::process::id() % 10_000) * 10 + 7;
-    let proc = WeftProcess::spawn(
+    let mut proc = WeftProcess::spawn(
         bin,
         &[
             "-c",
@@ -361,12 +362,9 @@ static_resources:
         ],
     )
     .expect("spawn envoy");
-    wait_ready(
-        "envoy ready (config received)",
-        admin,
-        Duration::from_secs(30),
-    )
-    .await;
+    proc.wait_admin_ready(admin, Duration::from_secs(30))
+        .await
+        .unwrap();
     AdsEnvoy {
         proc,
         admin,
@@ -422,8 +420,8 @@ pub async fn xds_sidecar(xds: SocketAddr, node: &str, cluster: &str) -> Proxy {
         "--workers",
         "1",
     ];
-    let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy --xds");
-    wait_ready(&format!("proxy {node} ready"), admin, READY).await;
+    let mut proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft proxy --xds");
+    proc.wait_admin_ready(admin, READY).await.unwrap();
     Proxy {
         proc,
         outbound,
