@@ -184,6 +184,37 @@ pub async fn stop_tasks(tasks: Vec<tokio::task::JoinHandle<()>>, grace: std::tim
     }
 }
 
+/// `t` as RFC 3339 UTC with milliseconds: `2026-11-27T03:04:05.678Z`
+/// (status pages, access logs).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let since = t
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 -> (year, month, day) (Howard Hinnant's algorithm).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +267,16 @@ mod tests {
             "the 404 lists the paths"
         );
         drop(server);
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_with_millis() {
+        use std::time::{Duration, UNIX_EPOCH};
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29 (a leap day) 12:34:56.789
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+        assert_eq!(civil(20_419), (2025, 11, 27));
+        assert_eq!(civil(-1), (1969, 12, 31));
     }
 }

@@ -20,6 +20,7 @@ impl AdminEndpoints for Control {
         let mut out = self.metrics.encode();
         self.status.render_metrics(&mut out);
         self.ratelimit.encode_metrics(&mut out);
+        self.prometheus.encode(&mut out);
         out.push_str("# EOF\n");
         out
     }
@@ -58,7 +59,8 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
 
 impl Control {
     /// `/traffic?window=30s&service=NAME`: golden metrics per Service and
-    /// edge over the window (SMI TrafficMetrics shape), from the proxies.
+    /// edge over the window (SMI TrafficMetrics shape), from `--prometheus`
+    /// when given and answering, else from the proxies.
     fn traffic(&self, query: Option<&str>) -> AdminResponse {
         let window = match query_param(query, "window") {
             None => std::time::Duration::from_secs(30),
@@ -78,7 +80,14 @@ impl Control {
             },
         };
         let service = query_param(query, "service");
-        AdminResponse::json(pretty(&self.traffic.traffic_json(window, service)))
+        let (table, source) = match self.prometheus.url() {
+            None => (self.traffic.table(window), self.prometheus.record(Ok(()))),
+            Some(url) => match crate::promql::wait_for(crate::promql::query_table(url, window)) {
+                Ok(table) => (table, self.prometheus.record(Ok(()))),
+                Err(e) => (self.traffic.table(window), self.prometheus.record(Err(&e))),
+            },
+        };
+        AdminResponse::json(pretty(&table.to_json(window, service, &source)))
     }
 
     /// Prometheus `http_sd_configs`: one target group per admin address,

@@ -5,13 +5,15 @@
 //! config's `rateLimit.global` limits, counting in memory or in a shared Redis.
 //! The admin port shows the push metrics (`weft_xds_*`, including config
 //! change -> ACK latency) and lists every announced metrics target for
-//! Prometheus (`/sd/prometheus`).
+//! Prometheus (`/sd/prometheus`), and a traffic view of golden metrics per
+//! Service and edge (`/traffic`), from the proxies or from a Prometheus.
 //!
 //! Must not depend on proxy internals. Protobuf stays inside `weft-xds`.
 
 mod admin;
 mod cache;
 mod metrics;
+pub mod promql;
 pub mod traffic;
 
 use std::net::SocketAddr;
@@ -44,6 +46,10 @@ pub struct ControlOptions {
     /// How often every weft proxy's `/metrics` is read for `/traffic`
     /// (`weft stat`).
     pub traffic_interval: Duration,
+    /// Read `/traffic`'s numbers from this Prometheus (which scrapes the
+    /// proxies through `/sd/prometheus`); direct scraping goes on beside
+    /// it and answers while it fails.
+    pub prometheus: Option<promql::PrometheusUrl>,
 }
 
 impl ControlOptions {
@@ -56,6 +62,7 @@ impl ControlOptions {
             translate: TranslateOptions::default(),
             redis: None,
             traffic_interval: Duration::from_secs(5),
+            prometheus: None,
         }
     }
 }
@@ -88,6 +95,8 @@ pub(crate) struct Control {
     pub admin_target: String,
     /// Golden metrics per Service and edge, from the proxies (`/traffic`).
     pub traffic: Arc<traffic::TrafficView>,
+    /// `--prometheus`, whether it answers, and the `weft_traffic_*` metrics.
+    pub prometheus: promql::PrometheusSource,
 }
 
 /// A started control plane.
@@ -138,6 +147,7 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
         draining: Default::default(),
         admin_target: own_admin_target(admin).await,
         traffic: Arc::default(),
+        prometheus: promql::PrometheusSource::new(opts.prometheus.clone()),
     });
     control.metrics.config_generation.set(1);
     control.metrics.config_published_at.set(unix_now());
@@ -172,6 +182,7 @@ pub async fn start(opts: ControlOptions) -> Result<RunningControl, StartError> {
         %admin,
         dir = %opts.config_dir.display(),
         ratelimit_store = %ratelimit.store_description(),
+        traffic_source = %opts.prometheus.as_ref().map_or("proxies".to_string(), |p| format!("Prometheus {p}")),
         "control plane started"
     );
     Ok(RunningControl {

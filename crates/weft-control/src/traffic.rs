@@ -6,8 +6,15 @@
 //! the counters across it. The caller is the scraped proxy's Service (a
 //! sidecar's requests all come from its app), the callee the `service`
 //! label of its outbound `weft_requests_total` and
-//! `weft_request_duration_seconds`. Failures are 5xx answers (the proxy's
-//! own 503/504 included), as in the dashboard's success rate.
+//! `weft_request_duration_seconds`. A request failed as Linkerd counts it:
+//! an HTTP one when answered 5xx (the proxy's own 503/504 included), a gRPC
+//! one (non-empty `grpc_status` label) when its status is not OK (`0`),
+//! whatever its HTTP code.
+//!
+//! With `--prometheus URL` the numbers come from that Prometheus instead
+//! ([`crate::promql`]); the scraping goes on regardless, so that a failing
+//! Prometheus is answered for at once from the proxies (the answer's
+//! `source` says which, and why).
 //!
 //! Served at `GET /traffic?window=30s[&service=NAME]` on the admin port;
 //! `weft stat SERVICE` prints it.
@@ -21,6 +28,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use weft_xds::server::ServerStatus;
+
+use crate::promql::TrafficSource;
 
 /// How long the scrapes are kept: the longest window asked for.
 pub const MAX_WINDOW: Duration = Duration::from_secs(300);
@@ -80,7 +89,7 @@ pub fn parse(text: &str) -> Scrape {
             "weft_requests_total" => {
                 let c = out.by_callee.entry(callee).or_default();
                 c.requests += value;
-                if label("code").is_some_and(|code| code.starts_with('5')) {
+                if failed(label("code").as_deref(), label("grpc_status").as_deref()) {
                     c.failures += value;
                 }
             }
@@ -106,6 +115,17 @@ pub fn parse(text: &str) -> Scrape {
         c.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
     out
+}
+
+/// Whether requests answered `code` with gRPC status `grpc_status` failed:
+/// a gRPC request (non-empty status) unless its status is OK, whatever its
+/// HTTP code (a gRPC error travels in a 200); any other request when 5xx.
+/// No `grpc_status` label (proxies older than it) reads as non-gRPC.
+fn failed(code: Option<&str>, grpc_status: Option<&str>) -> bool {
+    match grpc_status {
+        Some(status) if !status.is_empty() => status != "0",
+        _ => code.is_some_and(|c| c.starts_with('5')),
+    }
 }
 
 /// The value of `key` in `a="x",b="y"` (escapes `\"` and `\\` undone).
@@ -287,30 +307,87 @@ impl TrafficView {
         out
     }
 
-    /// The SMI-shaped list: one item per callee (all callers), then one
-    /// per edge; `service` keeps only those about that Service (as callee
-    /// or caller; `name` or `name.namespace`).
-    pub fn traffic_json(&self, window: Duration, service: Option<&str>) -> serde_json::Value {
+    /// The numbers per callee (all callers) and per edge over the last
+    /// `window`.
+    pub fn table(&self, window: Duration) -> TrafficTable {
         let edges = self.edges(window, Instant::now());
         let mut by_callee: BTreeMap<String, Counts> = BTreeMap::new();
         for ((_, callee), c) in &edges {
             by_callee.entry(callee.clone()).or_default().add(c);
         }
+        TrafficTable {
+            services: by_callee
+                .iter()
+                .map(|(s, c)| (s.clone(), Golden::from(c)))
+                .collect(),
+            edges: edges
+                .iter()
+                .map(|(e, c)| (e.clone(), Golden::from(c)))
+                .collect(),
+        }
+    }
+}
+
+/// A window's golden numbers of one Service or edge.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Golden {
+    /// Requests (Prometheus' `increase()` extrapolates: not always whole).
+    pub requests: f64,
+    pub failures: f64,
+    /// p50, p90, p99 in seconds; `None` without requests.
+    pub latency: [Option<f64>; 3],
+}
+
+impl From<&Counts> for Golden {
+    fn from(c: &Counts) -> Self {
+        Golden {
+            requests: c.requests,
+            failures: c.failures,
+            latency: [c.quantile(0.5), c.quantile(0.9), c.quantile(0.99)],
+        }
+    }
+}
+
+/// A window's numbers, from either source.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TrafficTable {
+    /// By callee Service (`name.namespace`), all callers.
+    pub services: BTreeMap<String, Golden>,
+    /// By (caller, callee).
+    pub edges: BTreeMap<(String, String), Golden>,
+}
+
+impl TrafficTable {
+    /// The SMI-shaped list: one item per callee (all callers), then one
+    /// per edge; `service` keeps only those about that Service (as callee
+    /// or caller; `name` or `name.namespace`). `source` says where the
+    /// numbers came from (a field of weft's own beside SMI's).
+    pub fn to_json(
+        &self,
+        window: Duration,
+        service: Option<&str>,
+        source: &TrafficSource,
+    ) -> serde_json::Value {
         let wanted =
             |s: &str| service.is_none_or(|want| s == want || s.split('.').next() == Some(want));
-        let timestamp = humantime_now();
+        let timestamp = weft_admin::rfc3339(SystemTime::now());
         let window_s = format!("{}s", window.as_secs());
         let mut items = Vec::new();
-        for (callee, c) in by_callee.iter().filter(|(s, _)| wanted(s)) {
-            items.push(item(callee, None, c, window, &timestamp, &window_s));
+        for (callee, g) in self.services.iter().filter(|(s, _)| wanted(s)) {
+            items.push(item(callee, None, g, window, &timestamp, &window_s));
         }
-        for ((caller, callee), c) in edges.iter().filter(|((a, b), _)| wanted(a) || wanted(b)) {
-            items.push(item(callee, Some(caller), c, window, &timestamp, &window_s));
+        for ((caller, callee), g) in self
+            .edges
+            .iter()
+            .filter(|((a, b), _)| wanted(a) || wanted(b))
+        {
+            items.push(item(callee, Some(caller), g, window, &timestamp, &window_s));
         }
         serde_json::json!({
             "kind": "TrafficMetricsList",
             "apiVersion": "metrics.smi-spec.io/v1alpha1",
             "window": window_s,
+            "source": source.to_json(),
             "items": items,
         })
     }
@@ -324,15 +401,12 @@ fn resource(service: &str) -> serde_json::Value {
 fn item(
     callee: &str,
     caller: Option<&str>,
-    c: &Counts,
+    c: &Golden,
     window: Duration,
     timestamp: &str,
     window_s: &str,
 ) -> serde_json::Value {
-    let ms = |q: f64| {
-        c.quantile(q)
-            .map(|s| (s * 1000.0 * 1000.0).round() / 1000.0)
-    };
+    let ms = |i: usize| c.latency[i].map(|s| (s * 1000.0 * 1000.0).round() / 1000.0);
     let secs = window.as_secs_f64().max(1e-9);
     serde_json::json!({
         "kind": "TrafficMetrics",
@@ -342,43 +416,15 @@ fn item(
         "timestamp": timestamp,
         "window": window_s,
         "metrics": [
-            {"name": "p99_response_latency", "unit": "ms", "value": ms(0.99)},
-            {"name": "p90_response_latency", "unit": "ms", "value": ms(0.90)},
-            {"name": "p50_response_latency", "unit": "ms", "value": ms(0.50)},
+            {"name": "p99_response_latency", "unit": "ms", "value": ms(2)},
+            {"name": "p90_response_latency", "unit": "ms", "value": ms(1)},
+            {"name": "p50_response_latency", "unit": "ms", "value": ms(0)},
             {"name": "success_count", "value": c.requests - c.failures},
             {"name": "failure_count", "value": c.failures},
             {"name": "requests_per_second", "value": c.requests / secs},
             {"name": "success_rate", "value": if c.requests > 0.0 { Some((c.requests - c.failures) / c.requests) } else { None }},
         ],
     })
-}
-
-/// Seconds since the Unix epoch, as an RFC 3339-ish UTC string.
-fn humantime_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 -> (year, month, day) (Howard Hinnant's algorithm).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// Scrapes every weft proxy with an announced admin address each
@@ -437,7 +483,8 @@ pub async fn scrape_loop(
     }
 }
 
-fn qualified(service: &str) -> String {
+/// `name` as `name.default`; `name.namespace` as is.
+pub(crate) fn qualified(service: &str) -> String {
     if service.contains('.') {
         service.to_string()
     } else {
@@ -445,205 +492,5 @@ fn qualified(service: &str) -> String {
     }
 }
 
-/// `GET /traffic` from the control plane at `admin` (for `weft stat`).
-pub async fn fetch(
-    admin: std::net::SocketAddr,
-    window: Duration,
-    service: Option<&str>,
-) -> Result<serde_json::Value, String> {
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let mut uri = format!("http://{admin}/traffic?window={}s", window.as_secs());
-    if let Some(s) = service {
-        uri.push_str("&service=");
-        uri.push_str(s);
-    }
-    let uri: hyper::Uri = uri.parse().map_err(|e| format!("{uri}: {e}"))?;
-    let get = async {
-        let resp = client
-            .get(uri.clone())
-            .await
-            .map_err(|e| format!("control plane admin {admin}: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("control plane admin {admin}: {e}"))?
-            .to_bytes();
-        let text = String::from_utf8_lossy(&body);
-        if !status.is_success() {
-            return Err(format!("{uri}: {status}: {}", text.trim()));
-        }
-        serde_json::from_str(&text).map_err(|e| format!("{uri}: not JSON: {e}"))
-    };
-    tokio::time::timeout(SCRAPE_TIMEOUT, get)
-        .await
-        .map_err(|_| format!("control plane admin {admin}: no answer within {SCRAPE_TIMEOUT:?}"))?
-}
-
-/// A table of a `/traffic` answer: one line per Service, then its callers
-/// (`<- caller`), with RPS, success rate and p50/p90/p99.
-pub fn render(traffic: &serde_json::Value) -> String {
-    let metric = |item: &serde_json::Value, name: &str| {
-        item["metrics"]
-            .as_array()
-            .and_then(|m| m.iter().find(|x| x["name"] == name))
-            .and_then(|x| x["value"].as_f64())
-    };
-    let mut out = format!(
-        "{:<36} {:>9} {:>8} {:>9} {:>9} {:>9}   window {}\n",
-        "SERVICE",
-        "RPS",
-        "SUCCESS",
-        "P50 ms",
-        "P90 ms",
-        "P99 ms",
-        traffic["window"].as_str().unwrap_or("?")
-    );
-    let items = traffic["items"].as_array().cloned().unwrap_or_default();
-    let name = |r: &serde_json::Value| {
-        format!(
-            "{}.{}",
-            r["name"].as_str().unwrap_or("?"),
-            r["namespace"].as_str().unwrap_or("?")
-        )
-    };
-    let num =
-        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
-    let mut rows: Vec<(String, String, &serde_json::Value)> = items
-        .iter()
-        .map(|i| {
-            let callee = name(&i["resource"]);
-            let caller = if i["edge"].is_null() {
-                String::new()
-            } else {
-                name(&i["edge"]["resource"])
-            };
-            (callee, caller, i)
-        })
-        .collect();
-    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    for (callee, caller, i) in rows {
-        let label = if caller.is_empty() {
-            callee
-        } else {
-            format!("  <- {caller}")
-        };
-        out.push_str(&format!(
-            "{label:<36} {:>9} {:>8} {:>9} {:>9} {:>9}\n",
-            num(metric(i, "requests_per_second"), 1),
-            metric(i, "success_rate").map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0)),
-            num(metric(i, "p50_response_latency"), 2),
-            num(metric(i, "p90_response_latency"), 2),
-            num(metric(i, "p99_response_latency"), 2),
-        ));
-    }
-    if items.is_empty() {
-        out.push_str("(no traffic in the window: are weft proxies connected, with admin addresses announced?)\n");
-    }
-    out
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TEXT: &str = r#"# HELP weft_requests Requests.
-# TYPE weft_requests counter
-weft_requests_total{direction="outbound",service="catalog.default",route="r/0",code="200",error=""} 30
-weft_requests_total{direction="outbound",service="catalog.default",route="r/0",code="500",error=""} 10
-weft_requests_total{direction="inbound",service="frontend.default",route="",code="200",error=""} 99
-weft_request_duration_seconds_bucket{direction="outbound",service="catalog.default",le="0.001"} 10
-weft_request_duration_seconds_bucket{direction="outbound",service="catalog.default",le="0.01"} 36
-weft_request_duration_seconds_bucket{direction="outbound",service="catalog.default",le="+Inf"} 40
-"#;
-
-    #[test]
-    fn parses_outbound_counters_and_buckets() {
-        let s = parse(TEXT);
-        let c = &s.by_callee["catalog.default"];
-        assert_eq!((c.requests, c.failures), (40.0, 10.0));
-        assert_eq!(
-            c.buckets,
-            [(0.001, 10.0), (0.01, 36.0), (f64::INFINITY, 40.0)]
-        );
-        assert!(
-            !s.by_callee.contains_key("frontend.default"),
-            "inbound is not an edge"
-        );
-        // p50: rank 20 in (0.001, 0.01]: 10 of 26 into it.
-        let p50 = c.quantile(0.5).unwrap();
-        assert!((p50 - (0.001 + 0.009 * 10.0 / 26.0)).abs() < 1e-9, "{p50}");
-        assert_eq!(label_value(r#"a="x\"y",b="z""#, "b").as_deref(), Some("z"));
-        assert_eq!(
-            label_value(r#"a="x\"y",b="z""#, "a").as_deref(),
-            Some("x\"y")
-        );
-    }
-
-    #[test]
-    fn windows_are_differences_and_restarts_count_from_zero() {
-        let view = TrafficView::default();
-        let t0 = Instant::now();
-        view.record("p1", "frontend.default", t0, parse(TEXT));
-        let later = TEXT.replace("} 30", "} 50").replace("} 40\n", "} 60\n");
-        view.record(
-            "p1",
-            "frontend.default",
-            t0 + Duration::from_secs(5),
-            parse(&later),
-        );
-        let e = view.edges(Duration::from_secs(10), t0 + Duration::from_secs(5));
-        let c = &e[&(
-            "frontend.default".to_string(),
-            "catalog.default".to_string(),
-        )];
-        assert_eq!((c.requests, c.failures), (20.0, 0.0));
-        // A proxy whose counters went down restarted.
-        view.record(
-            "p1",
-            "frontend.default",
-            t0 + Duration::from_secs(6),
-            parse(TEXT),
-        );
-        let e = view.edges(Duration::from_secs(1), t0 + Duration::from_secs(6));
-        let c = &e[&(
-            "frontend.default".to_string(),
-            "catalog.default".to_string(),
-        )];
-        assert_eq!(c.requests, 40.0);
-        let json = view.traffic_json(Duration::from_secs(10), Some("catalog"));
-        assert_eq!(json["items"][0]["resource"]["name"], "catalog");
-        assert_eq!(json["items"][1]["edge"]["resource"]["name"], "frontend");
-        assert_eq!(civil(0), (1970, 1, 1));
-
-        // A proxy that started a moment ago counts from zero even if its
-        // first scrape came after traffic; one running for long from its
-        // first scrape.
-        for (age, want) in [(5.0, 40.0), (3600.0, 0.0)] {
-            let view = TrafficView::default();
-            let started = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_secs_f64()
-                - age;
-            let text = format!("{TEXT}weft_start_time_seconds {started}\n");
-            let first = parse(&text);
-            assert_eq!(first.started, Some(started));
-            view.record("p", "frontend.default", t0, first);
-            view.record(
-                "p",
-                "frontend.default",
-                t0 + Duration::from_secs(1),
-                parse(&text),
-            );
-            let e = view.edges(Duration::from_secs(60), t0 + Duration::from_secs(1));
-            let c = &e[&(
-                "frontend.default".to_string(),
-                "catalog.default".to_string(),
-            )];
-            assert_eq!(c.requests, want, "started {age} s ago");
-        }
-        assert_eq!(civil(20_419), (2025, 11, 27));
-    }
-}
+mod tests;

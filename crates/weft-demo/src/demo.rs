@@ -13,7 +13,10 @@
 //! deadline cut, next to the flow policies in force; and per endpoint its
 //! traffic share, the weight callers give it and what its app is set to do.
 //! Everything but the apps' faults comes from the sidecars' own metrics
-//! (`scrape`).
+//! (`scrape`). Each refresh also shows the demo's control plane's own
+//! traffic view (golden metrics per Service and edge from its `/traffic`,
+//! rendered by `golden` exactly as `weft top` renders it), and the header
+//! says how to watch it with `weft top` in another terminal.
 //!
 //! Some pods misbehave on purpose and the example config's
 //! TrafficPolicies govern them, so each capability is seen acting: a slow
@@ -27,6 +30,7 @@
 //! view shows the traffic move.
 
 mod faults;
+pub mod golden;
 mod mesh;
 mod scrape;
 mod script;
@@ -153,6 +157,9 @@ pub struct DemoReport {
     pub events: Vec<DemoEvent>,
     /// Where the config was (removed at the end if it was a temporary one).
     pub config_dir: PathBuf,
+    /// The control plane's own traffic view (`/traffic`, as `weft top`
+    /// shows it) over the whole run, at most the 300 s it keeps.
+    pub traffic: Option<golden::TrafficFrame>,
 }
 
 impl DemoReport {
@@ -265,6 +272,7 @@ pub(crate) async fn run_staged(
         flow: last.flow,
         events: last.events,
         config_dir,
+        traffic: last.traffic,
     })
 }
 
@@ -341,6 +349,7 @@ async fn watch(
                 at: s.at,
                 what: s.describe(rates),
             });
+        view.traffic = Some(control_traffic(mesh, opts.window).await);
         screen.show(&view::render(&view));
         if let Some(views) = &staging.views {
             views.send_replace(Some(view));
@@ -357,8 +366,18 @@ async fn watch(
     log.observe(recent.latest(), &end, first.at);
     let mut last = end.view_since(&first, &first, opts, dir, true);
     last.events = log.events;
+    last.traffic = Some(control_traffic(mesh, last.elapsed).await);
     screen.show(&view::render(&last));
     Ok(last)
+}
+
+/// The control plane's own traffic view over the last `window` (rounded
+/// up to whole seconds, at most what the control plane keeps), as `weft
+/// top --control` shows it.
+async fn control_traffic(mesh: &Mesh, window: Duration) -> golden::TrafficFrame {
+    let secs = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+    let window = Duration::from_secs(secs.max(1)).min(weft_control::traffic::MAX_WINDOW);
+    golden::TrafficFrame::fetch(mesh.control.admin_addr(), window, None).await
 }
 
 /// Starts the timed script (if `opts` asks for it); its events arrive on
@@ -629,6 +648,7 @@ impl Moment {
             flow: self.flow.clone(),
             events: Vec::new(),
             next: None,
+            traffic: None,
         }
     }
 }

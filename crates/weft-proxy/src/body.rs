@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::complete::CompletionBody;
 use crate::observe::TrackedBody;
 use crate::upstream::PooledBody;
 
@@ -22,6 +23,9 @@ pub enum ProxyBody {
     /// A response body that reports to the endpoint's health and load when
     /// it ends (see `observe`).
     Tracked(Box<TrackedBody>),
+    /// A response body whose request's end is recorded when it ends (see
+    /// `complete`).
+    Completed(Box<CompletionBody>),
     /// A buffered request body sent again by a retry or a backup request.
     Replay(Option<Bytes>, Option<Box<http::HeaderMap>>),
     /// A request body read in part (too large to replay) and the rest.
@@ -57,6 +61,7 @@ impl Body for ProxyBody {
             ProxyBody::Pooled(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tracked(b) => Pin::new(&mut **b).poll_frame(cx),
+            ProxyBody::Completed(b) => Pin::new(&mut **b).poll_frame(cx),
             ProxyBody::Replay(data, trailers) => Poll::Ready(match data.take() {
                 Some(d) => Some(Ok(Frame::data(d))),
                 None => trailers.take().map(|t| Ok(Frame::trailers(*t))),
@@ -74,6 +79,7 @@ impl Body for ProxyBody {
             ProxyBody::Pooled(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Tracked(b) => b.is_end_stream(),
+            ProxyBody::Completed(b) => b.is_end_stream(),
             ProxyBody::Replay(d, t) => d.is_none() && t.is_none(),
             ProxyBody::Chain(p, rest) => p.is_none() && rest.is_end_stream(),
         }
@@ -85,6 +91,7 @@ impl Body for ProxyBody {
             ProxyBody::Pooled(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Tracked(b) => b.size_hint(),
+            ProxyBody::Completed(b) => b.size_hint(),
             ProxyBody::Replay(d, _) => {
                 SizeHint::with_exact(d.as_ref().map_or(0, |b| b.len() as u64))
             }

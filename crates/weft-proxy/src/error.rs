@@ -150,16 +150,21 @@ impl ProxyError {
             ProxyError::Denied(_) => 7,      // PERMISSION_DENIED
             ProxyError::RateLimited(_) => 8, // RESOURCE_EXHAUSTED
             ProxyError::FaultAbort(Abort::Grpc(c)) => *c,
-            // gRPC's HTTP-to-status mapping (doc/http-grpc-status-mapping.md).
-            ProxyError::FaultAbort(Abort::Http(s)) => match s {
-                400 => 13,
-                401 => 16,
-                403 => 7,
-                404 => 12,
-                429 | 502..=504 => 14,
-                _ => 2,
-            },
+            ProxyError::FaultAbort(Abort::Http(s)) => grpc_from_http(*s),
             _ => 14, // UNAVAILABLE
         }
+    }
+}
+
+/// The gRPC status a gRPC client reports for an HTTP status without one
+/// (gRPC's doc/http-grpc-status-mapping.md).
+pub fn grpc_from_http(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
     }
 }

@@ -9,10 +9,12 @@
 //!
 //! Request paths: [`outbound`] and [`inbound`] each list their stages in order.
 
+pub mod access_log;
 pub mod admin;
 mod admission;
 pub mod body;
 mod clock;
+pub mod complete;
 pub mod deadline;
 pub mod error;
 mod forward;
@@ -99,6 +101,8 @@ pub struct ProxyOptions {
     /// `--trace-sampling`: the share of new traces sampled (`0.0..=1.0`);
     /// a caller's decision is kept.
     pub trace_sampling: f64,
+    /// `--access-log` and its fields and sampling; `None`: no access log.
+    pub access_log: Option<access_log::AccessLogOptions>,
 }
 
 impl ProxyOptions {
@@ -131,6 +135,7 @@ impl ProxyOptions {
             ratelimit: None,
             otlp_endpoint: None,
             trace_sampling: 1.0,
+            access_log: None,
         }
     }
 }
@@ -145,6 +150,10 @@ pub enum StartError {
     Sampling(#[from] weft_policy::trace::InvalidRatio),
     #[error("{0}")]
     Otlp(#[from] otlp::InvalidEndpoint),
+    #[error("{0}")]
+    AccessLog(#[from] access_log::AccessLogError),
+    #[error("--service {0:?} cannot be sent in a header")]
+    Service(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -193,6 +202,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     let mut builder = SnapshotBuilder::new(BuildOptions {
         connect_timeout: opts.connect_timeout,
         zone: opts.zone.clone(),
+        local_service: qualified(&opts.service).into(),
         global_limits: global_limit::GlobalLimits::new(ratelimit, qualified(&opts.service)),
     });
     let (snapshot, xds) = first_snapshot(&opts, &mut builder, &registry, &mut metrics)?;
@@ -218,14 +228,26 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
         }
         None => (None, None),
     };
+    let access_log = match &opts.access_log {
+        Some(o) => Some(Arc::new(access_log::AccessLog::start(
+            o,
+            &mut metrics.registry,
+        )?)),
+        None => None,
+    };
+    let source_header = http::HeaderValue::from_str(&local_service)
+        .map_err(|_| StartError::Service(local_service.to_string()))?;
     let generation = snapshot.generation;
     let shared = Arc::new(Shared {
         snapshot: ArcSwap::from_pointee(snapshot),
-        inbound_stats: metrics.route_stats(
+        inbound_stats: metrics::SourceStats::new(
+            &metrics,
             metrics::Direction::Inbound,
             local_service.clone(),
             "inbound".into(),
         ),
+        source_header,
+        access_log,
         metrics,
         local_service,
         app,
@@ -290,7 +312,7 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     }
 
     let (published, published_rx) = watch::channel(generation);
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(weft_admin::serve(admin_l, shared.clone(), stop_rx.clone())),
         tokio::spawn(manage_listeners(
             shared.clone(),
@@ -300,8 +322,11 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
             opts.drain_timeout,
         )),
         tokio::spawn(health_ticks(shared.clone(), stop_rx.clone())),
-        follow_config(&opts, builder, &shared, admin, published, stop_rx),
+        follow_config(&opts, builder, &shared, admin, published, stop_rx.clone()),
     ];
+    if let Some(log) = shared.access_log.clone().filter(|l| l.is_file()) {
+        background.push(tokio::spawn(reopen_on_sigusr1(log, stop_rx)));
+    }
     tracing::info!(%outbound, ?inbound, %admin, service = %shared.local_service, "proxy started");
     Ok(RunningProxy {
         shared,
@@ -336,6 +361,24 @@ async fn health_ticks(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         for p in &snapshot.policies {
             p.export(&shared.metrics.policy, now);
+        }
+    }
+}
+
+/// Reopens the access log file on each SIGUSR1 (after logrotate moved it).
+async fn reopen_on_sigusr1(log: Arc<access_log::AccessLog>, mut stop: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGUSR1 handler: the access log cannot be reopened");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = usr1.recv() => log.reopen(),
+            _ = stop.changed() => return,
         }
     }
 }
@@ -545,6 +588,10 @@ impl RunningProxy {
         }
         if let Some(export) = self.export {
             export.finish().await;
+        }
+        if let Some(log) = self.shared.access_log.clone() {
+            // Every request has ended: their lines are queued.
+            let _ = tokio::task::spawn_blocking(move || log.flush(Duration::from_secs(2))).await;
         }
         tracing::info!("proxy stopped");
     }

@@ -117,7 +117,7 @@ async fn outbound_http(
     server: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) {
-    let svc = service_fn(move |req| outbound::handle(shared.clone(), target, req));
+    let svc = service_fn(move |req| outbound::handle(shared.clone(), target, peer, req));
     let conn = server.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -156,7 +156,7 @@ async fn inbound_connection(
         Detected::Http1 | Detected::Http2 => {
             let io = TokioIo::new(PrefixedIo::new(prefix, stream));
             let shared2 = shared.clone();
-            let svc = service_fn(move |req| inbound::handle(shared2.clone(), req));
+            let svc = service_fn(move |req| inbound::handle(shared2.clone(), peer, req));
             let conn = server.serve_connection_with_upgrades(io, svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "inbound connection ended with an error");

@@ -33,9 +33,18 @@ impl prometheus_client::encoding::EncodeLabelValue for Direction {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
+    /// The calling Service (`name.namespace`): this sidecar's own on
+    /// outbound; on inbound the caller's sidecar's `x-weft-source`, else
+    /// `unknown` (see [`SourceStats`]).
+    pub source: Arc<str>,
+    /// The destination Service: the callee on outbound, this sidecar's own
+    /// on inbound.
     pub service: Arc<str>,
     pub route: Arc<str>,
     pub code: u16,
+    /// The gRPC status (`0`..`16`) of a gRPC request, from the trailers
+    /// when the response carries it there; empty for other requests.
+    pub grpc_status: &'static str,
     /// The `weft-error` cause when the proxy answered itself, else empty.
     pub error: &'static str,
 }
@@ -43,8 +52,26 @@ pub struct RequestLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct LatencyLabels {
     pub direction: Direction,
+    pub source: Arc<str>,
     pub service: Arc<str>,
 }
+
+/// The label value of a gRPC status as sent on the wire: `0`..`16`; any
+/// other value is UNKNOWN (`2`), as gRPC clients read it.
+pub fn grpc_status_label(wire: &str) -> &'static str {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match wire.trim().parse::<usize>() {
+        Ok(n) if n < CODES.len() => CODES[n],
+        _ => CODES[2],
+    }
+}
+
+/// gRPC OK, CANCELLED and INTERNAL as label values.
+pub const GRPC_OK: &str = "0";
+pub const GRPC_CANCELLED: &str = "1";
+pub const GRPC_INTERNAL: &str = "13";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EndpointLabels {
@@ -84,6 +111,12 @@ pub struct HealthMetrics {
     /// ejected.
     pub weight: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
     pub ejected: Family<EndpointLabels, Gauge>,
+    /// The latency estimate the balancer uses (seconds), set each tick.
+    pub latency: Family<EndpointLabels, Gauge<f64, AtomicU64>>,
+    /// Attempts in flight to the endpoint, set each tick.
+    pub in_flight: Family<EndpointLabels, Gauge>,
+    /// Attempts the endpoint's failure codes judged failed.
+    pub failures: Family<EndpointLabels, Counter>,
 }
 
 /// Retries and hedges, by route.
@@ -242,6 +275,21 @@ impl ProxyMetrics {
             "1 while the endpoint is ejected by outlier detection",
             health.ejected.clone(),
         );
+        registry.register(
+            "endpoint_latency_seconds",
+            "The endpoint's latency as the balancer estimates it (decayed moving average of its answers' time to response headers)",
+            health.latency.clone(),
+        );
+        registry.register(
+            "endpoint_in_flight",
+            "Attempts in flight to the endpoint",
+            health.in_flight.clone(),
+        );
+        registry.register(
+            "endpoint_failures",
+            "Attempts to the endpoint that its Service's failure codes judged failed (5xx, resets, timeouts, gRPC and business codes as configured)",
+            health.failures.clone(),
+        );
         let policy = PolicyMetrics::default();
         registry.register(
             "retries",
@@ -367,17 +415,6 @@ impl ProxyMetrics {
             .inc();
     }
 
-    /// Records one finished request (response headers sent downstream).
-    pub fn record(&self, labels: &RequestLabels, elapsed: Duration) {
-        self.requests.get_or_create(labels).inc();
-        self.latency
-            .get_or_create(&LatencyLabels {
-                direction: labels.direction,
-                service: labels.service.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -394,56 +431,97 @@ impl Default for ProxyMetrics {
 }
 
 /// A route's metric handles, resolved once when the snapshot is built so the
-/// request path does no label hashing for the common case (a 200).
+/// request path does no label hashing for the common case (a 200, or a
+/// gRPC OK).
+#[derive(Clone)]
 pub struct RouteStats {
     base: RequestLabels,
     ok: Counter,
+    /// gRPC OK, created on first use: a route that never sees gRPC has no
+    /// `grpc_status="0"` series.
+    grpc_ok: std::sync::OnceLock<Counter>,
     latency: Histogram,
 }
 
 impl RouteStats {
-    /// Records one finished request on this route.
-    pub fn record(
+    /// The time to the response headers.
+    pub fn observe(&self, elapsed: Duration) {
+        self.latency.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one finished request: `grpc_status` empty unless gRPC.
+    pub fn count(
         &self,
         metrics: &ProxyMetrics,
         code: u16,
+        grpc_status: &'static str,
         error: &'static str,
-        elapsed: Duration,
     ) {
+        let labels = || RequestLabels {
+            code,
+            grpc_status,
+            error,
+            ..self.base.clone()
+        };
         if code == 200 && error.is_empty() {
-            self.ok.inc();
-        } else {
-            let labels = RequestLabels {
-                code,
-                error,
-                ..self.base.clone()
-            };
-            metrics.requests.get_or_create(&labels).inc();
+            match grpc_status {
+                "" => {
+                    self.ok.inc();
+                    return;
+                }
+                GRPC_OK => {
+                    self.grpc_ok
+                        .get_or_init(|| metrics.requests.get_or_create(&labels()).clone())
+                        .inc();
+                    return;
+                }
+                _ => {}
+            }
         }
-        self.latency.observe(elapsed.as_secs_f64());
+        metrics.requests.get_or_create(&labels()).inc();
+    }
+
+    pub fn source(&self) -> &Arc<str> {
+        &self.base.source
+    }
+
+    pub fn service(&self) -> &Arc<str> {
+        &self.base.service
+    }
+
+    pub fn route(&self) -> &Arc<str> {
+        &self.base.route
     }
 }
 
 impl ProxyMetrics {
-    /// The handles for one (direction, service, route).
+    /// The handles for one (direction, source, service, route).
     pub fn route_stats(
         &self,
         direction: Direction,
+        source: Arc<str>,
         service: Arc<str>,
         route: Arc<str>,
     ) -> RouteStats {
         let base = RequestLabels {
             direction,
+            source: source.clone(),
             service: service.clone(),
             route,
             code: 200,
+            grpc_status: "",
             error: "",
         };
         RouteStats {
             ok: self.requests.get_or_create(&base).clone(),
+            grpc_ok: std::sync::OnceLock::new(),
             latency: self
                 .latency
-                .get_or_create(&LatencyLabels { direction, service })
+                .get_or_create(&LatencyLabels {
+                    direction,
+                    source,
+                    service,
+                })
                 .clone(),
             base,
         }
@@ -455,6 +533,90 @@ impl ProxyMetrics {
             .get_or_create(&EndpointLabels { service, endpoint })
             .clone()
     }
+}
+
+/// Inbound request handles by calling Service. The caller is who its
+/// sidecar says it is (`x-weft-source`): a well-formed Service name, and
+/// at most [`MAX_SOURCES`] different ones, so a caller cannot grow the
+/// label set without bound; anything else counts as `unknown`.
+pub struct SourceStats {
+    direction: Direction,
+    service: Arc<str>,
+    route: Arc<str>,
+    unknown: Arc<RouteStats>,
+    known: std::sync::RwLock<std::collections::HashMap<Box<[u8]>, Arc<RouteStats>>>,
+}
+
+/// Distinct callers an inbound proxy keeps apart.
+pub const MAX_SOURCES: usize = 256;
+
+/// The header a weft sidecar names its Service in on outbound requests.
+pub const SOURCE_HEADER: &str = "x-weft-source";
+
+impl SourceStats {
+    pub fn new(
+        metrics: &ProxyMetrics,
+        direction: Direction,
+        service: Arc<str>,
+        route: Arc<str>,
+    ) -> Self {
+        Self {
+            unknown: Arc::new(metrics.route_stats(
+                direction,
+                "unknown".into(),
+                service.clone(),
+                route.clone(),
+            )),
+            direction,
+            service,
+            route,
+            known: Default::default(),
+        }
+    }
+
+    /// The handles for the caller named by `source` (the header's value).
+    pub fn get(&self, metrics: &ProxyMetrics, source: Option<&[u8]>) -> Arc<RouteStats> {
+        let Some(name) = source.filter(|s| valid_source(s)) else {
+            return self.unknown.clone();
+        };
+        if let Some(s) = self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return s.clone();
+        }
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = known.get(name) {
+            return s.clone();
+        }
+        if known.len() >= MAX_SOURCES {
+            return self.unknown.clone();
+        }
+        let label: Arc<str> = std::str::from_utf8(name).unwrap_or("unknown").into();
+        let stats = Arc::new(metrics.route_stats(
+            self.direction,
+            label,
+            self.service.clone(),
+            self.route.clone(),
+        ));
+        known.insert(name.into(), stats.clone());
+        stats
+    }
+
+    pub fn unknown(&self) -> &Arc<RouteStats> {
+        &self.unknown
+    }
+}
+
+/// A Service name as a sidecar sends it: `name.namespace`, lower-case
+/// letters, digits, `-` and `.`, at most 253 bytes.
+fn valid_source(s: &[u8]) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'-' | b'.'))
 }
 
 /// Counts an open connection for as long as it lives.

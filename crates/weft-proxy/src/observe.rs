@@ -179,6 +179,12 @@ pub struct TrackedBody {
 }
 
 impl TrackedBody {
+    /// The endpoint that answered (`host:port`).
+    pub fn endpoint(&self) -> Option<Arc<str>> {
+        let t = &self.tracker;
+        t.cluster.endpoints.get(t.index).map(|e| e.label.clone())
+    }
+
     pub fn wrap(resp: Response<ProxyBody>, tracker: Tracker) -> Response<ProxyBody> {
         resp.map(|inner| ProxyBody::Tracked(Box::new(TrackedBody { inner, tracker })))
     }

@@ -14,7 +14,8 @@
 //!      balance: latency-aware P2C (or the policy's) ... snapshot.rs
 //!   6. forward: endpoint pool, timeout, upgrades ... forward.rs
 //!      endpoint health from the response ............ observe.rs
-//!   7. metrics: requests, latency, per-endpoint counts
+//!   7. metrics: requests, latency, per-endpoint counts; the span's end
+//!      and the access log line ......................... complete.rs
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -27,12 +28,13 @@ use hyper::body::Incoming;
 
 use crate::admission;
 use crate::body::ProxyBody;
+use crate::complete::Finishing;
 use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
 use crate::forward::request_authority;
 use crate::governed;
 use crate::headers::is_grpc;
-use crate::metrics::{Direction, RequestLabels, RouteStats};
+use crate::metrics::{Direction, SOURCE_HEADER};
 use crate::route::Rule;
 use crate::snapshot::VipTarget;
 use crate::span::{Kind, RequestSpan};
@@ -53,10 +55,19 @@ const UNKNOWN: &str = "unknown";
 pub async fn handle(
     shared: Arc<Shared>,
     target: Target,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
+    let mut finishing = Finishing::new(grpc, start);
+    finishing.log = shared.access_log.as_ref().map(|log| {
+        log.begin(
+            Direction::Outbound,
+            (req.method(), req.uri(), req.headers(), req.version()),
+            peer,
+        )
+    });
     // The whole request uses this snapshot, even if a reload happens meanwhile.
     let snapshot = shared.snapshot.load_full();
 
@@ -75,14 +86,7 @@ pub async fn handle(
             let host = request_authority(&req).unwrap_or("").to_string();
             ProxyError::NoRoute(format!("no Service for host {host:?}"))
         };
-        return Ok(shared.answer_error(
-            Direction::Outbound,
-            UNKNOWN.into(),
-            UNKNOWN.into(),
-            err,
-            grpc,
-            start,
-        ));
+        return Ok(answer_error(&shared, UNKNOWN.into(), err, finishing));
     };
     let (mut parts, body) = req.into_parts();
     let Some(rule) = table.find(&parts) else {
@@ -92,19 +96,19 @@ pub async fn handle(
             parts.method,
             parts.uri.path()
         ));
-        return Ok(shared.answer_error(
-            Direction::Outbound,
-            table.service.clone(),
-            UNKNOWN.into(),
-            err,
-            grpc,
-            start,
-        ));
+        return Ok(answer_error(&shared, table.service.clone(), err, finishing));
     };
+    // Who calls: the upstream's sidecar counts the request by it.
+    parts
+        .headers
+        .insert(SOURCE_HEADER, shared.source_header.clone());
 
     // Trace context (this hop's span) before anything can answer, so the
     // proxy's own answers (dropped, rate-limited, deadline) are spans too.
     let ctx = trace::propagate(&mut parts.headers, &shared.metrics, shared.traces.sampler);
+    if let Some(log) = &mut finishing.log {
+        log.trace_id(ctx.trace_id);
+    }
     let mut span = RequestSpan::start(
         shared.traces.exporter.as_ref(),
         &ctx,
@@ -126,11 +130,9 @@ pub async fn handle(
         span.as_mut(),
     )
     .await;
-    if let Some(s) = span {
-        s.finish(&result);
-    }
-    // 7. metrics
-    Ok(shared.finish(&rule.stats, result, grpc, start))
+    // 7. metrics, span, access log
+    finishing.span = span;
+    Ok(shared.finish(&rule.stats, result, finishing))
 }
 
 /// Stages 3-6 for a matched rule.
@@ -190,56 +192,20 @@ async fn govern(
     }
 }
 
-impl Shared {
-    /// Turns a forwarding result into the downstream response and records it.
-    pub fn finish(
-        &self,
-        stats: &RouteStats,
-        result: Result<Response<ProxyBody>, ProxyError>,
-        grpc: bool,
-        start: Instant,
-    ) -> Response<ProxyBody> {
-        match result {
-            Ok(resp) => {
-                stats.record(&self.metrics, resp.status().as_u16(), "", start.elapsed());
-                resp
-            }
-            Err(err) => {
-                tracing::debug!(error = %err, "request failed");
-                if matches!(err, ProxyError::DeadlineExceeded { .. }) {
-                    self.metrics.deadline_exceeded.inc();
-                }
-                stats.record(
-                    &self.metrics,
-                    err.status().as_u16(),
-                    err.code(),
-                    start.elapsed(),
-                );
-                err.to_response(grpc)
-            }
-        }
-    }
-
-    /// The proxy's own answer when it cannot forward, recorded and logged.
-    pub fn answer_error(
-        &self,
-        direction: Direction,
-        service: Arc<str>,
-        route: Arc<str>,
-        err: ProxyError,
-        grpc: bool,
-        start: Instant,
-    ) -> Response<ProxyBody> {
-        tracing::debug!(?direction, %service, %route, error = %err, "request failed");
-        let resp = err.to_response(grpc);
-        let labels = RequestLabels {
-            direction,
-            service,
-            route,
-            code: err.status().as_u16(),
-            error: err.code(),
-        };
-        self.metrics.record(&labels, start.elapsed());
-        resp
-    }
+/// The proxy's own answer when no rule takes the request, recorded like
+/// any other.
+fn answer_error(
+    shared: &Arc<Shared>,
+    service: Arc<str>,
+    err: ProxyError,
+    finishing: Finishing,
+) -> Response<ProxyBody> {
+    tracing::debug!(%service, error = %err, "no route");
+    let stats = shared.metrics.route_stats(
+        Direction::Outbound,
+        shared.local_service.clone(),
+        service,
+        UNKNOWN.into(),
+    );
+    shared.finish(&stats, Err(err), finishing)
 }

@@ -50,6 +50,8 @@ pub struct Cluster {
     pub endpoints: Vec<Arc<EndpointClient>>,
     /// `weft_endpoint_requests_total` of each endpoint, same order.
     endpoint_requests: Vec<Counter>,
+    /// `weft_endpoint_failures_total` of each endpoint, same order.
+    endpoint_failures: Vec<Counter>,
     balancer: Balancer,
     /// Shared with the next snapshot while the endpoints and settings stay.
     pub health: Arc<ClusterHealth>,
@@ -102,6 +104,9 @@ impl Cluster {
         if matches!(verdict, Verdict::Ignored) || i >= self.health.len() {
             return;
         }
+        if verdict.is_failure() {
+            self.endpoint_failures[i].inc();
+        }
         let r = self.health.record(i, now, verdict);
         self.balancer.endpoints()[i].set_health_multiplier(r.effective_multiplier);
         if let Some(event) = r.event {
@@ -129,6 +134,14 @@ impl Cluster {
                 .ejected
                 .get_or_create(&labels)
                 .set(i64::from(self.health.is_ejected(i)));
+            self.metrics
+                .latency
+                .get_or_create(&labels)
+                .set(load.latency(now, cfg).as_secs_f64());
+            self.metrics
+                .in_flight
+                .get_or_create(&labels)
+                .set(i64::from(load.in_flight()));
         }
     }
 
@@ -190,6 +203,9 @@ pub struct BuildOptions {
     /// The zone this proxy runs in (`--zone`): endpoints in it are local
     /// for a TrafficPolicy's `loadBalancer.locality`.
     pub zone: Option<String>,
+    /// This sidecar's Service, `name.namespace`: the `source` of its
+    /// outbound requests' metrics.
+    pub local_service: Arc<str>,
     /// The leases of global rate limits (`rateLimit.global`), shared by
     /// every snapshot.
     pub global_limits: Arc<crate::global_limit::GlobalLimits>,

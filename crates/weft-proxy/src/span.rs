@@ -5,8 +5,10 @@
 //!
 //! - Request span: `outbound <service>` (kind CLIENT, the caller's span as
 //!   parent) or `inbound <local service>` (kind SERVER). It ends when the
-//!   response head is returned (a gRPC status sent in the trailers is not
-//!   seen; one in the head — trailers-only, or the proxy's own answer — is).
+//!   response head is returned, or, for a gRPC response whose status comes
+//!   in the trailers, when the trailers have passed (`rpc.grpc.status_code`
+//!   from them; a stream that ends without one is INTERNAL, one the caller
+//!   dropped CANCELLED).
 //! - Attempt span: `attempt <service>` (kind CLIENT), a child of the request
 //!   span; its id is the parent the upstream sees in `traceparent`. An
 //!   attempt still in flight when the request ends (a losing original or
@@ -108,6 +110,9 @@ impl SpanRecord {
             .and_then(|v| v.parse::<i64>().ok())
         {
             self.set("rpc.grpc.status_code", Value::Int(s));
+            if s != 0 && self.error.is_none() {
+                self.error = Some(format!("gRPC status {s}"));
+            }
         }
     }
 }
@@ -186,8 +191,21 @@ impl RequestSpan {
         (span, ctx)
     }
 
-    pub fn finish(mut self, result: &Result<Response<ProxyBody>, ProxyError>) {
+    /// Records the response head (or the proxy's error); [`end`](Self::end)
+    /// follows.
+    pub fn head(&mut self, result: &Result<Response<ProxyBody>, ProxyError>) {
         self.record.outcome(result);
+    }
+
+    /// Ends and exports the span; `grpc_status`: the status from the
+    /// trailers (not in the head), an error unless OK.
+    pub fn end(mut self, grpc_status: Option<i64>) {
+        if let Some(code) = grpc_status {
+            self.record.set("rpc.grpc.status_code", Value::Int(code));
+            if code != 0 && self.record.error.is_none() {
+                self.record.error = Some(format!("gRPC status {code}"));
+            }
+        }
         self.record.end = SystemTime::now();
         self.exporter.record(self.record);
     }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::metrics::{ProxyMetrics, RouteStats};
+use crate::access_log::AccessLog;
+use crate::metrics::{ProxyMetrics, SourceStats};
 use crate::snapshot::Snapshot;
 use crate::trace::Traces;
 use crate::upstream::{EndpointClient, EndpointRegistry};
@@ -34,8 +35,12 @@ pub struct Limits {
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     pub metrics: ProxyMetrics,
-    /// Metric handles of the inbound direction.
-    pub inbound_stats: RouteStats,
+    /// Metric handles of the inbound direction, by calling Service.
+    pub inbound_stats: SourceStats,
+    /// `x-weft-source: <local_service>`, set on every outbound request.
+    pub source_header: http::HeaderValue,
+    /// `--access-log`.
+    pub access_log: Option<Arc<AccessLog>>,
     /// `name.namespace` of the service this sidecar runs beside.
     pub local_service: Arc<str>,
     /// `--app`; without it, the app of the config's inbound listener.

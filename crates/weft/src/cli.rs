@@ -33,6 +33,9 @@ pub enum Command {
     /// Print a Service's golden metrics (RPS, success rate, p50/p90/p99) and
     /// its callers', as the control plane aggregates them from the proxies.
     Stat(StatArgs),
+    /// Watch the control plane's golden metrics per Service and per caller
+    /// -> callee edge, refreshed every interval (a live `weft stat`).
+    Top(crate::top::TopArgs),
     /// Run a sidecar proxy for one Service (outbound + inbound listeners),
     /// configured from a directory (--config) or a control plane (--xds).
     Proxy(ProxyArgs),
@@ -161,9 +164,17 @@ pub fn sampling_ratio(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!(
-            "{s:?} is not a ratio from 0.0 to 1.0 (e.g. 0.01 samples 1% of new traces)"
+            "{s:?} is not a ratio from 0.0 to 1.0 (e.g. 0.01 for 1%)"
         )),
     }
+}
+
+/// `--access-log-fields`: field names, in order.
+#[derive(Debug, Clone)]
+pub struct FieldList(Vec<weft_proxy::access_log::Field>);
+
+fn access_log_fields(s: &str) -> Result<FieldList, String> {
+    weft_proxy::access_log::Field::parse_list(s).map(FieldList)
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +248,25 @@ pub struct ProxyArgs {
     /// decision in its trace headers is kept).
     #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = sampling_ratio)]
     pub trace_sampling: f64,
+    /// Write an access log: one JSON object per line per request, to this
+    /// file (appended; SIGUSR1 reopens it after logrotate) or `-` for
+    /// standard output. Written by a thread of its own from a bounded
+    /// queue: lines the writer cannot keep up with are dropped and counted
+    /// (weft_access_log_dropped_total), never delaying requests.
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<String>,
+    /// The fields of an access log line, comma-separated, in order (default:
+    /// all): start_time, direction, source, service, route, method,
+    /// authority, path, protocol, response_code, grpc_status, error,
+    /// response_end, upstream_host, downstream_remote_address, bytes_sent,
+    /// headers_ms, duration_ms, trace_id, request_id, user_agent.
+    #[arg(long, value_name = "LIST", value_parser = access_log_fields, requires = "access_log")]
+    pub access_log_fields: Option<FieldList>,
+    /// The share of successful requests logged, 0.0 to 1.0; failed ones
+    /// (5xx, a gRPC status other than OK, the proxy's own answers) always
+    /// are.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0, value_parser = sampling_ratio, requires = "access_log")]
+    pub access_log_sampling: f64,
     /// Close HTTP/1 connections whose request headers take longer than this.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub header_read_timeout: Duration,
@@ -283,6 +313,12 @@ pub struct ControlArgs {
     /// its traffic view (`/traffic`, `weft stat`).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub traffic_interval: Duration,
+    /// Read the traffic view's numbers from this Prometheus
+    /// (`http://HOST:PORT[/PATH]`, scraping the proxies through
+    /// /sd/prometheus); while it fails, /traffic answers from direct
+    /// scraping and says so.
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<weft_control::promql::PrometheusUrl>,
 }
 
 #[derive(Debug, Args)]
@@ -329,10 +365,10 @@ pub struct ValidateArgs {
 }
 
 pub fn init_logging(cli: &Cli) {
-    // The demo's live view owns the terminal: its sidecars log warnings only,
-    // unless asked otherwise.
+    // The demo's and top's live views own the terminal: they log warnings
+    // only, unless asked otherwise.
     let level = match (&cli.command, cli.log.as_str()) {
-        (Command::Demo(_), "info") => "warn",
+        (Command::Demo(_) | Command::Top(_), "info") => "warn",
         (_, level) => level,
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -352,6 +388,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Control(a) => runtime(2)?.block_on(control(a)),
         Command::Ratelimit(a) => runtime(2)?.block_on(ratelimit(a)),
         Command::Stat(a) => runtime(1)?.block_on(stat(a)),
+        Command::Top(a) => runtime(1)?.block_on(crate::top::top(a)),
         Command::Proxy(a) => {
             let workers = a.workers as usize;
             runtime(workers)?.block_on(proxy(a))
@@ -397,13 +434,17 @@ fn validate(dir: &std::path::Path) -> ExitCode {
 }
 
 async fn stat(a: StatArgs) -> anyhow::Result<ExitCode> {
-    let traffic = weft_control::traffic::fetch(a.control, a.window, a.service.as_deref())
+    use weft_demo::demo::golden;
+    let unreachable =
+        |e: golden::FetchError| anyhow::anyhow!("control plane admin {} {e}", a.control);
+    let traffic = golden::fetch_json(a.control, a.window, a.service.as_deref())
         .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(unreachable)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&traffic)?);
     } else {
-        print!("{}", weft_control::traffic::render(&traffic));
+        let snapshot = golden::TrafficSnapshot::from_json(&traffic).map_err(unreachable)?;
+        print!("{}", snapshot.render());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -417,6 +458,7 @@ async fn control(a: ControlArgs) -> anyhow::Result<ExitCode> {
     opts.translate.inbound_port = a.sidecar_inbound_port;
     opts.redis = a.redis;
     opts.traffic_interval = a.traffic_interval;
+    opts.prometheus = a.prometheus;
     let running = match weft_control::start(opts).await {
         Ok(r) => r,
         Err(weft_control::StartError::Config(errors)) => {
@@ -477,6 +519,16 @@ async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
     opts.connect_timeout = a.connect_timeout;
     opts.zone = a.zone;
     opts.ratelimit = a.ratelimit;
+    opts.access_log = a
+        .access_log
+        .map(|path| weft_proxy::access_log::AccessLogOptions {
+            target: weft_proxy::access_log::Target::parse(&path),
+            fields: a
+                .access_log_fields
+                .map(|f| f.0)
+                .unwrap_or_else(|| weft_proxy::access_log::Field::ALL.to_vec()),
+            sampling: a.access_log_sampling,
+        });
     opts.otlp_endpoint = a.otlp_endpoint;
     opts.trace_sampling = a.trace_sampling;
     opts.header_read_timeout = a.header_read_timeout;

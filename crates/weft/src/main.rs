@@ -2,6 +2,7 @@
 
 mod cli;
 mod load;
+mod top;
 
 use clap::Parser;
 

@@ -1,7 +1,8 @@
 //! Prometheus over the mesh: `weft control` lists every weft proxy on xDS
 //! (and itself) at `/sd/prometheus`, and a real Prometheus, discovering its
 //! targets there, counts exactly the requests the test sent through two
-//! sidecars.
+//! sidecars. `weft control --prometheus` reads its traffic view (`/traffic`,
+//! `weft stat`) from that Prometheus, and from the proxies while it fails.
 
 mod common;
 
@@ -102,6 +103,11 @@ struct Prometheus {
 impl Prometheus {
     /// Scrapes every second whatever `sd` (an `http_sd_configs` URL) lists.
     async fn start(bin: &std::path::Path, sd: &str) -> Prometheus {
+        Self::start_at(bin, sd, free_addr()).await
+    }
+
+    /// [`Prometheus::start`] listening on `addr`.
+    async fn start_at(bin: &std::path::Path, sd: &str, addr: SocketAddr) -> Prometheus {
         let dir = TempDir::new("weft-prometheus").unwrap();
         let config = dir.join("prometheus.yml");
         std::fs::write(
@@ -114,7 +120,6 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let addr = free_addr();
         let args = [
             format!("--config.file={}", config.display()),
             format!("--storage.tsdb.path={}", dir.join("data").display()),
@@ -341,4 +346,327 @@ async fn prometheus_discovers_the_mesh_and_counts_what_it_served() {
         .await
         .unwrap_or_else(|_| panic!("panel {must_show:?} shows nothing: {exprs:?}"));
     }
+}
+
+/// `weft control --config dir EXTRA...` on free ports, ready.
+async fn control_plane_with(dir: &std::path::Path, extra: &[&str]) -> ControlPlane {
+    let (xds, admin) = (free_addr(), free_addr());
+    let (outbound_port, inbound_port) = (
+        weft_test_support::free_port(),
+        weft_test_support::free_port(),
+    );
+    let (x, a, o, i) = (
+        xds.to_string(),
+        admin.to_string(),
+        outbound_port.to_string(),
+        inbound_port.to_string(),
+    );
+    let mut args = vec![
+        "control",
+        "--config",
+        dir.to_str().unwrap(),
+        "--xds",
+        &x,
+        "--admin",
+        &a,
+        "--sidecar-outbound-port",
+        &o,
+        "--sidecar-inbound-port",
+        &i,
+    ];
+    args.extend_from_slice(extra);
+    let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft control");
+    wait_ready("control plane ready", admin, READY).await;
+    ControlPlane {
+        proc,
+        xds,
+        admin,
+        outbound_port,
+        inbound_port,
+    }
+}
+
+/// `GET /traffic?window=300s&service=catalog` on the control plane.
+async fn traffic(control: &ControlPlane) -> Value {
+    let r = HttpClient::http1()
+        .get(
+            control.admin,
+            "admin",
+            "/traffic?window=300s&service=catalog",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_str(&r.text()).unwrap()
+}
+
+/// Requests and failures of catalog (all callers), then of its edges from
+/// frontend and checkout, as `/traffic` counted them.
+fn catalog_counts(v: &Value) -> Option<[(f64, f64); 3]> {
+    let items = v["items"].as_array()?;
+    let find = |caller: Option<&str>| {
+        items.iter().find(|i| {
+            i["resource"]["name"] == "catalog"
+                && match caller {
+                    None => i["edge"].is_null(),
+                    Some(c) => i["edge"]["resource"]["name"] == c,
+                }
+        })
+    };
+    let metric = |item: &Value, name: &str| {
+        item["metrics"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == name)?["value"]
+            .as_f64()
+    };
+    let counts = |item: Option<&Value>| {
+        let item = item?;
+        let (ok, failed) = (
+            metric(item, "success_count")?,
+            metric(item, "failure_count")?,
+        );
+        Some((ok + failed, failed))
+    };
+    Some([
+        counts(find(None))?,
+        counts(find(Some("frontend")))?,
+        counts(find(Some("checkout")))?,
+    ])
+}
+
+/// Prometheus' `increase()` reports the growth between the first and the
+/// last sample in the window, extrapolated toward the window's ends: at the
+/// end by up to 1.1 scrape intervals (the newest sample is at most one
+/// interval, 1 s, old), at the start by at most half an interval and never
+/// past where the counter would have been zero. So once the newest sample
+/// postdates the traffic, it reads at least what was sent and at most
+/// about 1.6 s' worth more of the average rate over the samples' span;
+/// past a 16 s span that is under 10%. Polled until it holds.
+const EXTRAPOLATION: f64 = 0.10;
+
+fn within_extrapolation(got: &[(f64, f64); 3], sent: &[(f64, f64); 3]) -> bool {
+    let close = |got: f64, sent: f64| got >= sent - 1e-9 && got <= sent * (1.0 + EXTRAPOLATION);
+    got.iter()
+        .zip(sent)
+        .all(|(g, s)| close(g.0, s.0) && close(g.1, s.1))
+}
+
+#[tokio::test]
+async fn the_traffic_view_reads_prometheus_and_falls_back_to_the_proxies_while_it_fails() {
+    let Some(bin) = external_tool_or_path("WEFT_PROMETHEUS", "prometheus", "Prometheus") else {
+        return;
+    };
+    let app = app("catalog", &[]).await;
+    let dir = config_dir(&[(
+        "mesh.yaml",
+        &(mesh(app.addr) + &service("checkout", "http", &[], None)),
+    )]);
+    // Prometheus' address is known before it runs: the control plane is
+    // told it at start, Prometheus the control plane's discovery URL.
+    let prometheus_addr = free_addr();
+    let url = format!("http://{prometheus_addr}");
+    let control = control_plane_with(
+        dir.path(),
+        &["--prometheus", &url, "--traffic-interval", "200ms"],
+    )
+    .await;
+    let f1 = xds_sidecar(control.xds, "frontend-1", "frontend").await;
+    let f2 = xds_sidecar(control.xds, "frontend-2", "frontend").await;
+    let c1 = xds_sidecar(control.xds, "checkout-1", "checkout").await;
+    wait_until("three proxies listed", CONVERGE, || async {
+        (discovered(&control).await.len() == 4).then_some(())
+    })
+    .await
+    .unwrap();
+    let sd = format!("http://{}/sd/prometheus", control.admin);
+    let mut prometheus = Prometheus::start_at(&bin, &sd, prometheus_addr).await;
+
+    // increase() counts only what a series grew by after Prometheus first
+    // saw it: one request of each kind first, and the traffic proper once
+    // Prometheus has sampled them.
+    let client = HttpClient::http1();
+    let send = |proxy: &Proxy, path: &'static str, n: usize, status: u16| {
+        let (client, outbound) = (&client, proxy.outbound);
+        async move {
+            for _ in 0..n {
+                let r = client.get(outbound, "catalog", path).await.unwrap();
+                assert_eq!(r.status, status, "{}", r.text());
+            }
+        }
+    };
+    send(&f1, "/", 1, 200).await;
+    send(&f1, "/status/500", 1, 500).await;
+    send(&f2, "/", 1, 200).await;
+    send(&c1, "/", 1, 200).await;
+    prometheus
+        .wait_for(
+            r#"sum by (weft_node) (weft_requests_total{direction="outbound"})"#,
+            "weft_node",
+            &[
+                ("checkout-1", 1.0),
+                ("frontend-1", 2.0),
+                ("frontend-2", 1.0),
+            ],
+        )
+        .await;
+    // frontend-1: 30 OK and 10 answered 500 by the app; frontend-2: 20 OK;
+    // checkout-1: 5 OK.
+    send(&f1, "/", 30, 200).await;
+    send(&f1, "/status/500", 10, 500).await;
+    send(&f2, "/", 20, 200).await;
+    send(&c1, "/", 5, 200).await;
+
+    // (requests, failures) of catalog, frontend -> catalog, checkout -> catalog.
+    let sent = [(65.0, 10.0), (60.0, 10.0), (5.0, 0.0)];
+    let last = std::sync::Mutex::new(Value::Null);
+    let seen = wait_until(
+        "/traffic from Prometheus counts what was sent",
+        Duration::from_secs(60),
+        || async {
+            let v = traffic(&control).await;
+            *last.lock().unwrap() = v.clone();
+            (v["source"]["kind"] == "prometheus"
+                && within_extrapolation(&catalog_counts(&v)?, &sent))
+            .then_some(())
+        },
+    )
+    .await;
+    let v = last.lock().unwrap().clone();
+    assert!(seen.is_ok(), "wanted about {sent:?}:\n{v:#}");
+    eprintln!(
+        "Prometheus counted {:?} for {sent:?} sent",
+        catalog_counts(&v)
+    );
+    assert_eq!(
+        v["source"],
+        serde_json::json!({"kind": "prometheus", "prometheus": url})
+    );
+    let catalog = &v["items"][0];
+    assert!(catalog["edge"].is_null(), "{v:#}");
+    let p50 = catalog["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "p50_response_latency")
+        .and_then(|m| m["value"].as_f64());
+    assert!(p50.is_some_and(|ms| ms > 0.0 && ms < 1000.0), "{v:#}");
+
+    // Prometheus gone: the numbers come from the proxies, exactly (the
+    // first requests included: a proxy first scraped within 30 s of its
+    // start counts from zero), and the answer says why.
+    prometheus.proc.sigterm();
+    prometheus
+        .proc
+        .wait_exit(CONVERGE)
+        .await
+        .expect("prometheus stops");
+    let direct = [(69.0, 11.0), (63.0, 11.0), (6.0, 0.0)];
+    let seen = wait_until("/traffic falls back to the proxies", CONVERGE, || async {
+        let v = traffic(&control).await;
+        *last.lock().unwrap() = v.clone();
+        (v["source"]["kind"] == "proxies" && catalog_counts(&v)? == direct).then_some(())
+    })
+    .await;
+    let v = last.lock().unwrap().clone();
+    assert!(seen.is_ok(), "wanted {direct:?}:\n{v:#}");
+    let fallback = format!("Prometheus {url} failed: connection refused");
+    assert_eq!(
+        v["source"],
+        serde_json::json!({"kind": "proxies", "prometheus": url, "fallback": fallback})
+    );
+    for _ in 0..2 {
+        assert_eq!(traffic(&control).await["source"]["kind"], "proxies");
+    }
+    let metrics = client
+        .get(control.admin, "admin", "/metrics")
+        .await
+        .unwrap()
+        .text();
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_traffic_prometheus_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no weft_traffic_prometheus_errors_total:\n{metrics}"));
+    assert!(errors >= 3.0, "{errors}");
+    assert!(
+        metrics.contains(r#"weft_traffic_source{kind="proxies"} 1"#),
+        "{metrics}"
+    );
+    // `weft stat` says so.
+    let mut stat = WeftProcess::spawn(
+        &weft_bin(),
+        &[
+            "stat",
+            "catalog",
+            "--control",
+            &control.admin.to_string(),
+            "--window",
+            "300s",
+        ],
+    )
+    .unwrap();
+    assert!(stat.wait_exit(CONVERGE).await.unwrap().success());
+    let table = stat.logs();
+    assert!(
+        table.contains(&format!(
+            "source: proxies ({fallback}; fell back to direct scraping)"
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains("frontend.default -> catalog.default"),
+        "{table}"
+    );
+
+    // Back: read from Prometheus again. Logged once each way, however many
+    // queries failed in between.
+    let _prometheus = Prometheus::start_at(&bin, &sd, prometheus_addr).await;
+    wait_until("/traffic reads Prometheus again", CONVERGE, || async {
+        (traffic(&control).await["source"]["kind"] == "prometheus").then_some(())
+    })
+    .await
+    .unwrap();
+    let logs = control.proc.logs();
+    assert_eq!(logs.matches("Prometheus fails").count(), 1, "{logs}");
+    assert_eq!(
+        logs.matches("Prometheus answers again").count(),
+        1,
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_prometheus_url_stops_the_start_and_an_unreachable_one_does_not() {
+    let dir = config_dir(&[("mesh.yaml", &mesh(free_addr()))]);
+    let mut bad = WeftProcess::spawn(
+        &weft_bin(),
+        &[
+            "control",
+            "--config",
+            dir.path().to_str().unwrap(),
+            "--prometheus",
+            "127.0.0.1:9090",
+        ],
+    )
+    .unwrap();
+    let status = bad.wait_exit(CONVERGE).await.unwrap();
+    let out = bad.logs();
+    assert!(!status.success(), "{out}");
+    assert!(
+        out.contains("--prometheus") && out.contains("http://HOST:PORT"),
+        "{out}"
+    );
+
+    // Nothing listens there: the control plane starts, and /traffic
+    // answers from the proxies at once, saying why.
+    let nowhere = format!("http://{}", free_addr());
+    let control = control_plane_with(dir.path(), &["--prometheus", &nowhere]).await;
+    let v = traffic(&control).await;
+    assert_eq!(v["source"]["kind"], "proxies", "{v:#}");
+    assert_eq!(
+        v["source"]["fallback"],
+        format!("Prometheus {nowhere} failed: connection refused")
+    );
+    assert_eq!(v["items"], serde_json::json!([]));
 }

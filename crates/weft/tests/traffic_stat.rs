@@ -139,8 +139,18 @@ async fn stat_shows_each_service_and_its_callers_as_the_proxies_counted() {
     let (ok, table) = stat(&["catalog", "--control", &admin_s, "--window", "60s"]).await;
     assert!(ok, "{table}");
     assert!(table.contains("catalog.default"), "{table}");
-    assert!(table.contains("<- frontend.default"), "{table}");
-    assert!(table.contains("<- checkout.default"), "{table}");
+    assert!(
+        table.contains("frontend.default -> catalog.default"),
+        "{table}"
+    );
+    assert!(
+        table.contains("checkout.default -> catalog.default"),
+        "{table}"
+    );
+    assert!(
+        table.contains("source: proxies (direct scraping)"),
+        "{table}"
+    );
     assert!(table.contains("84.62%"), "55 of 65: {table}");
 
     // A bad window is named; an unreachable control plane too.

@@ -35,6 +35,10 @@ pub(crate) const ADMIN_PORT: u16 = 15000;
 pub(crate) const OUTBOUND_PORT: u16 = 15001;
 pub(crate) const INBOUND_PORT: u16 = 15006;
 
+/// How often the control plane reads every sidecar's `/metrics` for its
+/// traffic view.
+const TRAFFIC_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long a sidecar lets in-flight requests finish at shutdown. The
 /// traffic has stopped by then, so this only bounds a stuck connection.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -277,6 +281,9 @@ impl Mesh {
         let mut opts = weft_control::ControlOptions::new(config_dir);
         opts.xds = SocketAddr::from((control_ip(ip_base), 15010));
         opts.admin = SocketAddr::from((control_ip(ip_base), 15011));
+        // Its traffic view (`weft top`, the demo's own section) follows
+        // the demo's refresh rather than lagging a default 5 s behind.
+        opts.traffic_interval = TRAFFIC_INTERVAL;
         let control = weft_control::start(opts)
             .await
             .map_err(anyhow::Error::new)

@@ -188,6 +188,44 @@ async fn a_short_run_shows_the_canary_split_and_each_governance_capability_actin
         !report.config_dir.exists(),
         "the temporary config directory is removed"
     );
+
+    // The control plane's own traffic view, as `weft top` shows it, saw
+    // the same mesh: the services called and who called them.
+    let traffic = report.traffic.as_ref().expect("the control plane's view");
+    let shown = traffic.render("TRAFFIC VIEW");
+    let view = traffic
+        .snapshot
+        .as_ref()
+        .unwrap_or_else(|e| panic!("{e}: {shown}"));
+    for service in ["catalog", "inventory", "pricing", "payments", "ledger"] {
+        let service = format!("{service}.default");
+        assert!(
+            view.services
+                .iter()
+                .any(|r| r.service == service && r.requests.unwrap_or(0.0) > 0.0),
+            "no {service}: {shown}"
+        );
+    }
+    for edge in [
+        "frontend.default -> catalog.default",
+        "frontend.default -> pricing.default",
+        "catalog-v1.default -> inventory.default",
+        "checkout.default -> payments.default",
+    ] {
+        assert!(
+            shown.lines().any(|l| l.starts_with(edge)),
+            "no {edge}: {shown}"
+        );
+    }
+    let catalog = view
+        .services
+        .iter()
+        .find(|r| r.service == "catalog.default")
+        .unwrap();
+    assert!(
+        catalog.success_rate.unwrap_or(0.0) >= 0.99,
+        "retries hide catalog-v1-2's errors from callers: {shown}"
+    );
 }
 
 /// A user's session: start with a config dir, move all catalog traffic to

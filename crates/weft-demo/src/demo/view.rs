@@ -543,4 +543,6 @@ pub(crate) struct View {
     pub(crate) events: Vec<DemoEvent>,
     /// The script's next step, announced.
     pub(crate) next: Option<DemoEvent>,
+    /// The control plane's traffic view at this refresh.
+    pub(crate) traffic: Option<super::golden::TrafficFrame>,
 }

@@ -346,6 +346,7 @@ impl<'a> Assembly<'a> {
                     timeout_set: r.timeout_set,
                     stats: self.metrics.route_stats(
                         Direction::Outbound,
+                        self.opts.local_service.clone(),
                         vh.service.clone(),
                         r.label.clone(),
                     ),
@@ -385,6 +386,19 @@ impl<'a> Assembly<'a> {
                     .endpoint_counter(label.clone(), e.label.clone())
             })
             .collect();
+        let endpoint_failures = clients
+            .iter()
+            .map(|e| {
+                self.metrics
+                    .health
+                    .failures
+                    .get_or_create(&crate::metrics::EndpointLabels {
+                        service: label.clone(),
+                        endpoint: e.label.clone(),
+                    })
+                    .clone()
+            })
+            .collect();
         let zone = self.opts.zone.as_deref();
         let settings = ClusterSettings::new(policy, &weights, zone).unwrap_or_else(|e| {
             // Checked when parsed; only the endpoint weights are new here.
@@ -403,6 +417,7 @@ impl<'a> Assembly<'a> {
             http2,
             endpoints: clients,
             endpoint_requests,
+            endpoint_failures,
             balancer,
             health,
             classifier,

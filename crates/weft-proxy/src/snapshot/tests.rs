@@ -58,6 +58,7 @@ fn options() -> BuildOptions {
     BuildOptions {
         connect_timeout: Duration::from_secs(1),
         zone: None,
+        local_service: "test.default".into(),
         global_limits: crate::global_limit::GlobalLimits::new(None, "test.default"),
     }
 }

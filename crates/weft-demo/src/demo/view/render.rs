@@ -1,6 +1,7 @@
 //! The view as plain text (no terminal control codes): a header, the
 //! ingress lines, four tables (services as they answered, services as
-//! their callers got them, flow control, endpoints) and the recent events.
+//! their callers got them, flow control, endpoints), the control plane's
+//! traffic view (as `weft top` renders it) and the recent events.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -22,6 +23,10 @@ pub(crate) fn render(v: &View) -> String {
     render_calls(&mut out, v);
     render_flow(&mut out, v);
     render_endpoints(&mut out, v);
+    if let Some(t) = &v.traffic {
+        out.push('\n');
+        out.push_str(&t.render("TRAFFIC VIEW"));
+    }
     render_events(&mut out, v);
     out.push_str(
         "SERVICE: as its own sidecars answered (success: not a 5xx). CALLS TO: as the callers'\n\
@@ -30,7 +35,8 @@ pub(crate) fn render(v: &View) -> String {
          (DROPPED 503, LIMITED 429) or CUT (504 deadline-exceeded: too little of the deadline\n\
          left to send them), and the flow policies in force. WEIGHT: effective / configured\n\
          weight at the callers. P50: the endpoint's own sidecar. APP: its app's latency and\n\
-         injected faults.\n",
+         injected faults. TRAFFIC VIEW: the control plane's golden metrics, read from every\n\
+         sidecar each second (as `weft top` shows them).\n",
     );
     // Padding of empty last columns would only be trailing blanks.
     out.lines()
@@ -84,6 +90,13 @@ fn render_header(out: &mut String, v: &View) {
             out,
             "  edit it (the 90/10 weights; delete the pricing-hedging TrafficPolicy) and watch traffic move"
         );
+        if let Some(t) = &v.traffic {
+            let _ = writeln!(
+                out,
+                "control plane: watch its traffic view in another terminal: weft top --control {}",
+                t.control
+            );
+        }
     }
     out.push('\n');
     ingress_line(out, "frontend", &v.ingress, "");

@@ -1,4 +1,5 @@
 use super::*;
+use crate::demo::golden;
 use crate::demo::mesh::{CONFIG_FILE, EXAMPLE_CONFIG, PODS};
 use crate::demo::scrape::{CallerCounters, ServiceCounters};
 
@@ -338,6 +339,38 @@ fn sample_view() -> View {
             what: "catalog-v1 endpoint catalog-v1-2 ejected by outlier detection".into(),
         }],
         next: None,
+        traffic: Some(sample_traffic()),
+    }
+}
+
+/// The control plane's view of the same traffic, as `weft top` shows it.
+fn sample_traffic() -> golden::TrafficFrame {
+    let row = |service: &str, caller: Option<&str>, requests: f64, ok: f64| golden::GoldenRow {
+        service: service.into(),
+        caller: caller.map(Into::into),
+        requests: Some(requests),
+        rps: Some(requests / 5.0),
+        success_rate: Some(ok / requests),
+        p50_ms: Some(3.0),
+        p90_ms: Some(5.5),
+        p99_ms: Some(9.0),
+    };
+    golden::TrafficFrame {
+        control: "127.0.0.3:15011".parse().unwrap(),
+        window: Duration::from_secs(5),
+        at: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(75),
+        snapshot: Ok(golden::TrafficSnapshot {
+            window: "5s".into(),
+            services: vec![row("catalog.default", None, 250.0, 250.0)],
+            edges: vec![row(
+                "catalog.default",
+                Some("frontend.default"),
+                250.0,
+                250.0,
+            )],
+            source: None,
+            idle: 0,
+        }),
     }
 }
 
@@ -348,6 +381,7 @@ fn renders_a_live_block() {
 weft demo: 1m15s elapsed, last 5.0s; 50 req/s offered to frontend
 config: /tmp/weft-demo-1/demo.yaml (generation 2)
   edit it (the 90/10 weights; delete the pricing-hedging TrafficPolicy) and watch traffic move
+control plane: watch its traffic view in another terminal: weft top --control 127.0.0.3:15011
 
 ingress -> frontend  50.0 req/s  ok 100.00%  p50 9.0ms  p99 15.2ms  late 0
 ingress -> checkout  10.0 req/s  ok 100.00%  p50 12.0ms  p99 20.0ms  late 0  (deadline 150ms)
@@ -370,6 +404,12 @@ inventory   inventory   inventory-3       2.0%    1.0           100%  41.0ms  40
 pricing     pricing     pricing-1        50.0%   25.0           100%   3.0ms  2ms, 2% at 80ms
                         pricing-2        50.0%   25.0           100%   3.0ms  2ms, 2% at 80ms
 
+TRAFFIC VIEW  control plane 127.0.0.3:15011  window 5s  at 00:01:15Z  1 services, 1 edges
+SERVICE                              REQUESTS       RPS  SUCCESS   P50 ms   P90 ms   P99 ms
+catalog.default                           250     50.00  100.00%     3.00     5.50     9.00
+EDGE (CALLER -> CALLEE)              REQUESTS       RPS  SUCCESS   P50 ms   P90 ms   P99 ms
+frontend.default -> catalog.default       250     50.00  100.00%     3.00     5.50     9.00
+
 EVENTS
   1m10s  catalog-v1 endpoint catalog-v1-2 ejected by outlier detection
 
@@ -379,7 +419,8 @@ error given up counts as failed. FLOW CONTROL: calls the callers' sidecars refus
 (DROPPED 503, LIMITED 429) or CUT (504 deadline-exceeded: too little of the deadline
 left to send them), and the flow policies in force. WEIGHT: effective / configured
 weight at the callers. P50: the endpoint's own sidecar. APP: its app's latency and
-injected faults.
+injected faults. TRAFFIC VIEW: the control plane's golden metrics, read from every
+sidecar each second (as `weft top` shows them).
 ";
     assert_eq!(text, expected, "got:\n{text}");
 }
