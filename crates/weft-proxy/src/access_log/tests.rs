@@ -50,11 +50,9 @@ fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weft-access-log-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory, removed when dropped.
+fn temp_dir(name: &str) -> weft_test_support::TempDir {
+    weft_test_support::TempDir::new(&format!("weft-access-log-{name}")).unwrap()
 }
 
 #[test]
@@ -79,7 +77,7 @@ fn field_lists_parse_in_order_and_name_what_is_wrong() {
 #[test]
 fn a_line_is_one_json_object_with_every_field_escaped() {
     let dir = temp_dir("json");
-    let (log, _) = start(&dir, 1.0, Field::ALL.to_vec());
+    let (log, _) = start(dir.path(), 1.0, Field::ALL.to_vec());
     let mut b = begun(&log, "/search?q=%22x%22&s=\\n");
     b.trace_id([0xab; 16]);
     let mut out = String::new();
@@ -110,7 +108,7 @@ fn a_line_is_one_json_object_with_every_field_escaped() {
 fn successes_are_sampled_and_failures_always_written() {
     let dir = temp_dir("sampling");
     let (log, path) = start(
-        &dir,
+        dir.path(),
         0.0,
         vec![Field::ResponseCode, Field::GrpcStatus, Field::Error],
     );
@@ -130,7 +128,7 @@ fn successes_are_sampled_and_failures_always_written() {
     assert_eq!(got[2]["error"], "rate-limited");
 
     let dir = temp_dir("all");
-    let (log, path) = start(&dir, 1.0, vec![Field::ResponseCode]);
+    let (log, path) = start(dir.path(), 1.0, vec![Field::ResponseCode]);
     for _ in 0..1000 {
         log.log(entry(begun(&log, "/"), 200, "", ""));
     }
@@ -141,7 +139,7 @@ fn successes_are_sampled_and_failures_always_written() {
 #[test]
 fn a_reopen_moves_to_a_new_file_at_the_same_path() {
     let dir = temp_dir("reopen");
-    let (log, path) = start(&dir, 1.0, vec![Field::Path]);
+    let (log, path) = start(dir.path(), 1.0, vec![Field::Path]);
     log.log(entry(begun(&log, "/before"), 200, "", ""));
     assert!(log.flush(Duration::from_secs(5)));
     let rotated = dir.join("access.log.1");
