@@ -47,9 +47,6 @@ REPORT=$ROOT/target/bench/flow-$(date +%Y%m%d-%H%M%S).md
 mkdir -p "$(dirname "$REPORT")"
 say() { printf '%s\n' "$*" | tee -a "$REPORT"; }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 service_yaml() { # NAME PORT
     printf 'apiVersion: weft.dev/v1alpha1\nkind: Service\nmetadata: {name: %s}\nspec:\n  ports: [{port: 8080, protocol: http}]\n  endpoints: [{address: "127.0.0.1:%s"}]\n' "$1" "$2"
@@ -58,14 +55,6 @@ global_yaml() { # LIMIT
     printf 'apiVersion: weft.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: shared}\nspec:\n  targetRefs: [{kind: Service, name: upstream}]\n  rateLimit: {global: {requestsPerUnit: %s, unit: second}}\n' "$1"
 }
 
-wait_ready() { # ADMIN_ADDR
-    local i
-    for ((i = 0; i < 100; i++)); do
-        [[ $(http_status "http://$1/ready") == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$1 never became ready"
-}
 
 APP_PORT=$(free_port)
 start_bg "$WORK/app.log" "$WEFT" app --listen "127.0.0.1:$APP_PORT" --name up
@@ -94,42 +83,16 @@ layers() {
     local r which
     for ((r = 1; r <= rounds; r++)); do
         for which in off on; do
-            local port admin out c0 c1 n
-            port=$(free_port) admin=$(free_port)
-            start_bg "$WORK/proxy-$which.log" "$WEFT" proxy --config "$WORK/$which" --service bench \
-                --outbound "127.0.0.1:$port" --inbound "127.0.0.1:$(free_port)" \
-                --admin "127.0.0.1:$admin" --workers 1 --ratelimit "127.0.0.1:$rls_port"
-            local p=$BG_PID
-            wait_ready "127.0.0.1:$admin"
-            out=$WORK/load-$which-$r.json
-            # warm-up, then the measured run (CPU counted around it only)
-            taskset -c 0 "$WEFT" load -q --json --rate "$rate" -d 1s --warmup 0s -H 'Host: upstream' \
-                "http://127.0.0.1:$port/" >/dev/null
-            c0=$(cpu_ticks "$p")
-            taskset -c 0 "$WEFT" load -q --json --rate "$rate" -d "${secs:-10}s" --warmup 0s \
-                -H 'Host: upstream' "http://127.0.0.1:$port/" >"$out"
-            c1=$(cpu_ticks "$p")
-            stop_pid "$p"
-            n=$(json "$out" 'd["requests"]')
-            printf '%s %s %s %s %s %s\n' "$which" \
-                "$(json "$out" 'd["latency_ms"]["p50"]')" "$(json "$out" 'd["latency_ms"]["p99"]')" \
-                "$(json "$out" 'd["latency_ms"]["p999"]')" \
-                "$(awk -v c=$((c1 - c0)) -v n="$n" 'BEGIN {printf "%.2f", c * 10000 / n}')" \
-                "$(json "$out" 'd["requests"] - d["status_counts"].get("200", 0)')" >>"$WORK/layers.txt"
-            say "| $r | $which | $(tail -1 "$WORK/layers.txt" | cut -d' ' -f2-5 | sed 's/ / | /g') | $(tail -1 "$WORK/layers.txt" | cut -d' ' -f6) |"
+            fixed_rate_run "$which" "$WEFT" "$WORK/$which" "$rate" "${secs:-10}" "$WORK/layers.txt" \
+                --ratelimit "127.0.0.1:$rls_port"
+            say "$(last_row "$WORK/layers.txt" "$r")"
         done
     done
     stop_pid "$rls_pid"
     say ""
     say "| layers | median p50 ms | median p99 ms | median p99.9 ms | median CPU us/req |"
     say "|---|---|---|---|---|"
-    for which in off on; do
-        local cols=()
-        for f in 2 3 4 5; do
-            cols+=("$(awk -v w="$which" -v f="$f" '$1 == w {print $f}' "$WORK/layers.txt" | median)")
-        done
-        say "| $which | ${cols[0]} | ${cols[1]} | ${cols[2]} | ${cols[3]} |"
-    done
+    while read -r row; do say "$row"; done < <(median_rows "$WORK/layers.txt" off on)
 }
 
 # ---------------------------------------------------------------- global

@@ -150,3 +150,65 @@ static_resources:
               domains: ["*"]
 EOF
 }
+
+# ---- fixed-rate runs of one weft proxy (bench-flow.sh, bench-observe.sh); they need WEFT (the
+# binary whose `weft load` drives the runs), free_port (lib.sh) and start_bg above.
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # PID: utime+stime in clock ticks
+json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))" "$@"; }
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+wait_ready() { # ADMIN_ADDR: wait up to 10 s for /ready to answer 200
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ $(http_status "http://$1/ready") == 200 ]] && return 0
+        sleep 0.1
+    done
+    die "$1 never became ready"
+}
+
+fixed_rate_run() { # LABEL BIN CFG_DIR RATE SECS ROWS [PROXY_FLAGS...]: `BIN proxy --workers 1`
+    # on CFG_DIR (Service `upstream`) driven by `weft load` on CPU 0 at RATE for SECS after a
+    # 1 s warm-up; appends "LABEL p50 p99 p999 cpu_us_per_req errors" to ROWS
+    local label=$1 bin=$2 cfg=$3 rate=$4 secs=$5 rows=$6 port admin p out c0 c1 n
+    shift 6
+    port=$(free_port) admin=$(free_port)
+    start_bg "$WORK/proxy-$label.log" "$bin" proxy --config "$cfg" --service bench \
+        --outbound "127.0.0.1:$port" --inbound "127.0.0.1:$(free_port)" \
+        --admin "127.0.0.1:$admin" --workers 1 "$@"
+    p=$BG_PID
+    wait_ready "127.0.0.1:$admin"
+    out=$(mktemp "$WORK/load-$label.XXXXXX")
+    # warm-up, then the measured run (CPU counted around it only)
+    taskset -c 0 "$WEFT" load -q --json --rate "$rate" -d 1s --warmup 0s -H 'Host: upstream' \
+        "http://127.0.0.1:$port/" >/dev/null
+    c0=$(cpu_ticks "$p")
+    taskset -c 0 "$WEFT" load -q --json --rate "$rate" -d "${secs}s" --warmup 0s \
+        -H 'Host: upstream' "http://127.0.0.1:$port/" >"$out"
+    c1=$(cpu_ticks "$p")
+    stop_pid "$p"
+    n=$(json "$out" 'd["requests"]')
+    printf '%s %s %s %s %s %s\n' "$label" \
+        "$(json "$out" 'd["latency_ms"]["p50"]')" "$(json "$out" 'd["latency_ms"]["p99"]')" \
+        "$(json "$out" 'd["latency_ms"]["p999"]')" \
+        "$(awk -v c=$((c1 - c0)) -v n="$n" 'BEGIN {printf "%.2f", c * 10000 / n}')" \
+        "$(json "$out" 'd["requests"] - d["status_counts"].get("200", 0)')" >>"$rows"
+}
+
+last_row() { # ROWS ROUND: the last row of ROWS as a markdown table row headed by ROUND
+    local label p50 p99 p999 cpu errors
+    read -r label p50 p99 p999 cpu errors < <(tail -1 "$1")
+    echo "| $2 | $label | $p50 | $p99 | $p999 | $cpu | $errors |"
+}
+
+median_rows() { # ROWS LABEL...: per LABEL, the medians of its rows' p50, p99, p99.9 and CPU
+    local rows=$1 label f
+    shift
+    for label in "$@"; do
+        local cols=()
+        for f in 2 3 4 5; do
+            cols+=("$(awk -v w="$label" -v f="$f" '$1 == w {print $f}' "$rows" | median)")
+        done
+        echo "| $label | ${cols[0]} | ${cols[1]} | ${cols[2]} | ${cols[3]} |"
+    done
+}

@@ -119,6 +119,52 @@ pub struct HealthMetrics {
     pub failures: Family<EndpointLabels, Counter>,
 }
 
+/// One endpoint's gauges, resolved when its cluster is built so the
+/// periodic health step does no label hashing.
+pub struct EndpointGauges {
+    pub weight: Gauge<f64, AtomicU64>,
+    pub ejected: Gauge,
+    pub latency: Gauge<f64, AtomicU64>,
+    pub in_flight: Gauge,
+}
+
+/// The `event` values of `weft_endpoint_health_events_total` that name an
+/// endpoint.
+const ENDPOINT_EVENTS: [&str; 2] = ["ejected", "readmitted"];
+
+impl HealthMetrics {
+    pub fn endpoint_gauges(&self, labels: &EndpointLabels) -> EndpointGauges {
+        EndpointGauges {
+            weight: self.weight.get_or_create(labels).clone(),
+            ejected: self.ejected.get_or_create(labels).clone(),
+            latency: self.latency.get_or_create(labels).clone(),
+            in_flight: self.in_flight.get_or_create(labels).clone(),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// Removes every series of an endpoint that left the config (a
+    /// replaced pod), so they do not pile up under churn nor show stale
+    /// values.
+    pub fn forget_endpoint(&self, labels: &EndpointLabels) {
+        self.endpoint_requests.remove(labels);
+        let h = &self.health;
+        h.failures.remove(labels);
+        h.weight.remove(labels);
+        h.ejected.remove(labels);
+        h.latency.remove(labels);
+        h.in_flight.remove(labels);
+        for event in ENDPOINT_EVENTS {
+            h.events.remove(&HealthEventLabels {
+                service: labels.service.clone(),
+                endpoint: labels.endpoint.clone(),
+                event,
+            });
+        }
+    }
+}
+
 /// Retries and hedges, by route.
 #[derive(Clone, Default)]
 pub struct PolicyMetrics {

@@ -32,7 +32,7 @@ use weft_xds::ResourceSet;
 
 use crate::clock;
 use crate::governed::RoutePolicy;
-use crate::metrics::{EndpointLabels, HealthEventLabels, HealthMetrics};
+use crate::metrics::{EndpointGauges, EndpointLabels, HealthEventLabels, HealthMetrics};
 use crate::route::RouteTable;
 use crate::state::App;
 use crate::upstream::EndpointClient;
@@ -52,6 +52,8 @@ pub struct Cluster {
     endpoint_requests: Vec<Counter>,
     /// `weft_endpoint_failures_total` of each endpoint, same order.
     endpoint_failures: Vec<Counter>,
+    /// Each endpoint's gauges, same order.
+    endpoint_gauges: Vec<EndpointGauges>,
     balancer: Balancer,
     /// Shared with the next snapshot while the endpoints and settings stay.
     pub health: Arc<ClusterHealth>,
@@ -120,29 +122,30 @@ impl Cluster {
         for event in self.health.evaluate(now) {
             self.report(&event);
         }
-        for (i, load) in self.balancer.endpoints().iter().enumerate() {
+        let cfg = self.balancer.config();
+        for ((i, load), g) in self
+            .balancer
+            .endpoints()
+            .iter()
+            .enumerate()
+            .zip(&self.endpoint_gauges)
+        {
             let m = self.health.effective_multiplier(i, now);
             load.set_health_multiplier(m);
-            let labels = EndpointLabels {
-                service: self.label.clone(),
-                endpoint: self.endpoints[i].label.clone(),
-            };
-            let cfg = self.balancer.config();
             let share = load.effective_weight(now, cfg) / f64::from(load.weight().max(1));
-            self.metrics.weight.get_or_create(&labels).set(share);
-            self.metrics
-                .ejected
-                .get_or_create(&labels)
-                .set(i64::from(self.health.is_ejected(i)));
-            self.metrics
-                .latency
-                .get_or_create(&labels)
-                .set(load.latency(now, cfg).as_secs_f64());
-            self.metrics
-                .in_flight
-                .get_or_create(&labels)
-                .set(i64::from(load.in_flight()));
+            g.weight.set(share);
+            g.ejected.set(i64::from(self.health.is_ejected(i)));
+            g.latency.set(load.latency(now, cfg).as_secs_f64());
+            g.in_flight.set(i64::from(load.in_flight()));
         }
+    }
+
+    /// The metric labels of every endpoint.
+    pub fn endpoint_labels(&self) -> impl Iterator<Item = EndpointLabels> + '_ {
+        self.endpoints.iter().map(|e| EndpointLabels {
+            service: self.label.clone(),
+            endpoint: e.label.clone(),
+        })
     }
 
     fn report(&self, event: &HealthEvent) {

@@ -66,9 +66,26 @@ pub struct Shared {
 impl Shared {
     /// Makes `snapshot` the one new requests use, and lets endpoint pools
     /// nothing uses any more go (those still in use stay warm).
+    ///
+    /// The metric series of endpoints the new snapshot no longer has are
+    /// removed (a replaced pod's would otherwise stay for the life of the
+    /// proxy, with their last values).
     pub fn publish(&self, snapshot: Snapshot) {
         let generation = snapshot.generation;
-        self.snapshot.store(Arc::new(snapshot));
+        let kept: std::collections::HashSet<_> = snapshot
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoint_labels())
+            .collect();
+        let old = self.snapshot.swap(Arc::new(snapshot));
+        for gone in old
+            .clusters
+            .iter()
+            .flat_map(|c| c.endpoint_labels())
+            .filter(|l| !kept.contains(l))
+        {
+            self.metrics.forget_endpoint(&gone);
+        }
         self.registry.retain_used();
         self.metrics.config_generation.set(generation as i64);
         if generation > 1 {

@@ -95,6 +95,68 @@ async fn reload_under_load_moves_traffic_and_loses_no_request() {
     assert_eq!(counts.get("new"), Some(&20), "{counts:?}");
 }
 
+/// Replaced pods: the series of endpoints that left the config go away
+/// (they would pile up under churn and show stale values), those that
+/// stayed keep their counts.
+#[tokio::test]
+async fn endpoints_that_leave_the_config_take_their_series_with_them() {
+    let (a, b) = (app("a", &[]).await, app("b", &[]).await);
+    let dir = config_dir(&[(
+        "svc.yaml",
+        &service("catalog", "http", &[(a.addr, 1), (b.addr, 1)], None),
+    )]);
+    let p = proxy(dir.path(), "frontend", None, &[]).await;
+    let client = HttpClient::http1();
+    for _ in 0..10 {
+        let r = client.get(p.outbound, "catalog", "/").await.unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let series_of = |addr: std::net::SocketAddr| {
+        let endpoint = format!("endpoint=\"{addr}\"");
+        let p = &p;
+        async move {
+            p.admin_get("/metrics")
+                .await
+                .lines()
+                .filter(|l| l.starts_with("weft_endpoint") && l.contains(&endpoint))
+                .count()
+        }
+    };
+    let requests_to = |addr: std::net::SocketAddr| {
+        let endpoint = format!("endpoint=\"{addr}\"");
+        let p = &p;
+        async move { p.metric("weft_endpoint_requests_total", &[&endpoint]).await }
+    };
+    // Requests, failures and the four gauges of the health step.
+    wait_until("a's gauges", Duration::from_secs(10), || async {
+        series_of(a.addr).await >= 6
+    })
+    .await
+    .unwrap();
+    let b_before = requests_to(b.addr).await;
+    assert!(b_before > 0.0);
+
+    // a is replaced by c.
+    let c = app("c", &[]).await;
+    replace_file(
+        dir.path(),
+        "svc.yaml",
+        &service("catalog", "http", &[(b.addr, 1), (c.addr, 1)], None),
+    );
+    wait_until("the change is applied", Duration::from_secs(10), || async {
+        p.metric("weft_config_generation", &[]).await >= 2.0
+    })
+    .await
+    .unwrap();
+    assert_eq!(series_of(a.addr).await, 0, "a's series are gone");
+    assert_eq!(requests_to(b.addr).await, b_before, "b keeps its count");
+    wait_until("c's gauges", Duration::from_secs(10), || async {
+        series_of(c.addr).await >= 6
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_bad_change_is_rejected_and_the_last_good_config_stays() {
     let a = app("good", &[]).await;

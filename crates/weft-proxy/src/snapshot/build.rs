@@ -386,18 +386,20 @@ impl<'a> Assembly<'a> {
                     .endpoint_counter(label.clone(), e.label.clone())
             })
             .collect();
-        let endpoint_failures = clients
+        let endpoint_labels: Vec<_> = clients
             .iter()
-            .map(|e| {
-                self.metrics
-                    .health
-                    .failures
-                    .get_or_create(&crate::metrics::EndpointLabels {
-                        service: label.clone(),
-                        endpoint: e.label.clone(),
-                    })
-                    .clone()
+            .map(|e| crate::metrics::EndpointLabels {
+                service: label.clone(),
+                endpoint: e.label.clone(),
             })
+            .collect();
+        let endpoint_failures = endpoint_labels
+            .iter()
+            .map(|l| self.metrics.health.failures.get_or_create(l).clone())
+            .collect();
+        let endpoint_gauges = endpoint_labels
+            .iter()
+            .map(|l| self.metrics.health.endpoint_gauges(l))
             .collect();
         let zone = self.opts.zone.as_deref();
         let settings = ClusterSettings::new(policy, &weights, zone).unwrap_or_else(|e| {
@@ -418,6 +420,7 @@ impl<'a> Assembly<'a> {
             endpoints: clients,
             endpoint_requests,
             endpoint_failures,
+            endpoint_gauges,
             balancer,
             health,
             classifier,
