@@ -340,6 +340,19 @@ pub async fn start(opts: ProxyOptions) -> Result<RunningProxy, StartError> {
     })
 }
 
+/// Lowers the calling thread's CPU priority to nice 19, for the proxy's
+/// background threads (span export, the access log writer): on a sidecar
+/// pinned to one core, request work goes first. Starved, they fall behind
+/// and drop (counted), which is what their bounded queues are for. Best
+/// effort: a failure is only logged.
+pub(crate) fn background_priority(what: &str) {
+    // On Linux, PRIO_PROCESS with who = 0 (`None`) applies to the calling
+    // thread only: the nice value is per thread.
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!(thread = what, error = %e, "cannot lower the thread's priority");
+    }
+}
+
 /// How often endpoint health is evaluated (ejections, re-admissions,
 /// recovery ramps) and the retry/hedge counters are exported.
 const HEALTH_TICK: Duration = Duration::from_millis(200);

@@ -54,6 +54,7 @@ pub struct LatencyLabels {
     pub direction: Direction,
     pub source: Arc<str>,
     pub service: Arc<str>,
+    pub route: Arc<str>,
 }
 
 /// The label value of a gRPC status as sent on the wire: `0`..`16`; any
@@ -567,6 +568,7 @@ impl ProxyMetrics {
                     direction,
                     source,
                     service,
+                    route: base.route.clone(),
                 })
                 .clone(),
             base,

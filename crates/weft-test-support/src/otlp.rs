@@ -45,6 +45,11 @@ impl ReceivedSpan {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Every span received, kept or not.
+    count: Arc<std::sync::atomic::AtomicU64>,
+    /// Count only (benchmarks): keeping millions of spans would make the
+    /// receiver's own memory traffic part of what is measured.
+    count_only: bool,
 }
 
 #[tonic::async_trait]
@@ -53,8 +58,20 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let request = request.into_inner();
+        let n: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum();
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if self.count_only {
+            return Ok(tonic::Response::new(ExportTraceServiceResponse::default()));
+        }
         let mut out = Vec::new();
-        for rs in request.into_inner().resource_spans {
+        for rs in request.resource_spans {
             let attrs = rs.resource.map(|r| text_attrs(&r.attributes));
             let service = attrs
                 .and_then(|mut a| a.remove("service.name"))
@@ -109,6 +126,7 @@ fn text_attrs(kvs: &[KeyValue]) -> BTreeMap<String, String> {
 pub struct OtlpReceiver {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    count: Arc<std::sync::atomic::AtomicU64>,
     _stop: oneshot::Sender<()>,
     _task: JoinHandle<()>,
 }
@@ -116,10 +134,29 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Serves on a free `127.0.0.1` port.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::serve(Collector::default()).await
+    }
+
+    /// Like [`start`](Self::start), but only counts the spans
+    /// ([`count`](Self::count)); [`spans`](Self::spans) stays empty.
+    pub async fn start_counting() -> anyhow::Result<Self> {
+        Self::serve(Collector {
+            count_only: true,
+            ..Collector::default()
+        })
+        .await
+    }
+
+    /// Spans received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn serve(collector: Collector) -> anyhow::Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let collector = Collector::default();
         let spans = collector.spans.clone();
+        let count = collector.count.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -133,6 +170,7 @@ impl OtlpReceiver {
         Ok(Self {
             addr,
             spans,
+            count,
             _stop: stop,
             _task: task,
         })

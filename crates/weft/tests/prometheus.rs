@@ -81,6 +81,49 @@ async fn weft_proxies_on_xds_are_listed_with_their_labels_until_they_stop() {
     );
 }
 
+/// An Envoy sidecar that announces its admin address in its node metadata
+/// is listed with Envoy's metrics path, and a real Prometheus scrapes it.
+#[tokio::test]
+async fn an_envoy_sidecar_is_discovered_and_scraped_on_its_own_path() {
+    let Some(bin) = external_tool_or_path("WEFT_PROMETHEUS", "prometheus", "Prometheus") else {
+        return;
+    };
+    let Some(envoy_bin) = external_tool("WEFT_ENVOY", "Envoy") else {
+        return;
+    };
+    let app = app("catalog", &[]).await;
+    let dir = config_dir(&[("mesh.yaml", &mesh(app.addr))]);
+    let control = control_plane(dir.path()).await;
+    let envoy = ads_envoy(&envoy_bin, "frontend-envoy", "frontend", control.xds, true).await;
+    let listed = wait_until("the Envoy node listed", CONVERGE, || async {
+        let groups = discovered(&control).await;
+        (groups.len() == 2).then_some(groups)
+    })
+    .await
+    .unwrap();
+    let mut want = group(envoy.admin, "frontend-envoy", "frontend", "envoy");
+    want["labels"]["__metrics_path__"] = "/stats/prometheus".into();
+    assert_eq!(listed[1], want, "{listed:#?}");
+
+    let sd = format!("http://{}/sd/prometheus", control.admin);
+    let prometheus = Prometheus::start(&bin, &sd).await;
+    prometheus
+        .wait_for(
+            "sum by (weft_kind) (up)",
+            "weft_kind",
+            &[("control", 1.0), ("envoy", 1.0)],
+        )
+        .await;
+    // Envoy's own metrics, under weft's labels.
+    prometheus
+        .wait_for(
+            "max by (weft_node) (envoy_server_live{weft_kind=\"envoy\"})",
+            "weft_node",
+            &[("frontend-envoy", 1.0)],
+        )
+        .await;
+}
+
 /// `s` for a URL query value.
 fn percent_encode(s: &str) -> String {
     s.bytes()

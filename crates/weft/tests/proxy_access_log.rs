@@ -30,6 +30,55 @@ async fn wait_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
     .unwrap()
 }
 
+/// A latency histogram's series matching every part: cumulative buckets
+/// (upper bound, count) in order, `_count` and `_sum`.
+async fn histogram(p: &Proxy, parts: &[&str]) -> (Vec<(f64, f64)>, f64, f64) {
+    let text = p.admin_get("/metrics").await;
+    let name = "weft_request_duration_seconds";
+    let matching = |suffix: &str| {
+        let prefix = format!("{name}{suffix}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&prefix) && parts.iter().all(|p| l.contains(p)))
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    let value = |l: &str| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+    let mut buckets: Vec<(f64, f64)> = matching("_bucket")
+        .iter()
+        .map(|l| {
+            let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            (le, value(l))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let one = |suffix: &str| {
+        let m = matching(suffix);
+        assert_eq!(m.len(), 1, "{suffix}: {m:?}");
+        value(&m[0])
+    };
+    (buckets, one("_count"), one("_sum"))
+}
+
+/// The histogram of `parts` counted `n` requests, consistently: buckets
+/// cumulative, the last (+Inf) and `_count` both `n`, the sum within the
+/// slowest bucket's bound.
+async fn assert_histogram_counts(p: &Proxy, parts: &[&str], n: f64) {
+    let (buckets, count, sum) = histogram(p, parts).await;
+    assert!(buckets.len() > 10, "{buckets:?}");
+    assert!(
+        buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+        "not cumulative: {buckets:?}"
+    );
+    assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, n), "{parts:?}");
+    assert_eq!(count, n, "{parts:?}");
+    assert!(sum > 0.0 && sum < n * 1.0, "sum {sum} of {n} requests");
+}
+
 struct Mesh {
     _dirs: (TempDir, TempDir),
     _apps: (App, App),
@@ -176,6 +225,25 @@ async fn every_request_is_logged_on_both_hops_and_inbound_counts_its_callers() {
         }
     };
     assert_eq!(inbound_from("frontend.default").await, 20.0);
+    // The latency histograms counted the same requests, on both sides.
+    assert_histogram_counts(
+        &m.frontend,
+        &["direction=\"outbound\"", "service=\"catalog.default\""],
+        20.0,
+    )
+    .await;
+    assert_histogram_counts(
+        &m.frontend,
+        &["direction=\"outbound\"", "service=\"pricing.default\""],
+        5.0,
+    )
+    .await;
+    assert_histogram_counts(
+        &m.catalog,
+        &["direction=\"inbound\"", "source=\"frontend.default\""],
+        20.0,
+    )
+    .await;
     let client = HttpClient::http1();
     for bad in ["Evil<script>", "x y", ""] {
         let req = http::Request::get("/")
@@ -298,6 +366,22 @@ async fn the_file_is_reopened_on_sigusr1_and_flushed_on_sigterm() {
     let logs = TempDir::new("weft-access-log").unwrap();
     let path = logs.join("frontend.log");
     let mut m = mesh(&[], &["--access-log", path.to_str().unwrap()]).await;
+    // The writer runs at the lowest CPU priority, never ahead of requests.
+    let pid = m.frontend.proc.pid();
+    let nice_of_writer = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+            (comm.trim() == "weft-access-log").then(|| {
+                let stat = std::fs::read_to_string(t.join("stat")).unwrap();
+                // Field 19 (nice), counted after the `(comm)` field.
+                let after = stat.rsplit_once(") ").unwrap().1;
+                after.split(' ').nth(16).unwrap().to_string()
+            })
+        })
+        .next();
+    assert_eq!(nice_of_writer.as_deref(), Some("19"));
     get(m.frontend.outbound, "catalog", "before").await;
     wait_lines(&path, 1).await;
     let rotated = logs.join("frontend.log.1");
@@ -325,8 +409,17 @@ async fn the_file_is_reopened_on_sigusr1_and_flushed_on_sigterm() {
     .await
     .unwrap();
     assert_eq!(log_lines(&rotated)[0]["request_id"], "before");
-    let before_term = log_lines(&path).len() + log_lines(&rotated).len();
-    assert_eq!(before_term, sent + 1);
+    // No line lost across the reopen: every request is in one of the files
+    // (the writer drains its queue every 50 ms).
+    let both = || log_lines(&path).len() + log_lines(&rotated).len();
+    wait_until(
+        "every line in one file or the other",
+        Duration::from_secs(10),
+        || std::future::ready(both() == sent + 1),
+    )
+    .await
+    .unwrap();
+    let before_term = both();
 
     // A burst, then SIGTERM right away: every line is written before exit.
     for i in 0..50 {

@@ -307,7 +307,9 @@ impl AdsEnvoy {
 
 /// Starts Envoy `bin` as node `node_id` of cluster `cluster` (a Service or
 /// Gateway name), bootstrapped with only the xDS cluster (`DELTA_GRPC` when
-/// `delta`), and waits until it has its first config.
+/// `delta`), and waits until it has its first config. Its node metadata
+/// announces its admin address (`weft.dev/admin`), as README tells Envoy
+/// users to, for the control plane's Prometheus discovery.
 pub async fn ads_envoy(
     bin: &Path,
     node_id: &str,
@@ -318,7 +320,7 @@ pub async fn ads_envoy(
     let admin = free_addr();
     let api_type = if delta { "DELTA_GRPC" } else { "GRPC" };
     let bootstrap = format!(
-        r#"node: {{id: {node_id}, cluster: {cluster}}}
+        r#"node: {{id: {node_id}, cluster: {cluster}, metadata: {{"weft.dev/admin": "127.0.0.1:{admin_port}"}}}}
 admin: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}}}
 dynamic_resources:
   ads_config:
