@@ -128,6 +128,16 @@ EOF
 
 envoy_bootstrap_head() { # ADMIN_PORT LISTEN_PORT: an Envoy bootstrap up to one virtual host's
     # `domains: ["*"]` (one HTTP listener, codec AUTO); the caller goes on with `routes:`
+    envoy_bootstrap_listener "$1" "$2"
+    cat <<EOF
+            - name: all
+              domains: ["*"]
+EOF
+}
+
+envoy_bootstrap_listener() { # ADMIN_PORT LISTEN_PORT: an Envoy bootstrap up to the listener's
+    # `virtual_hosts:` (one HTTP listener, codec AUTO); the caller goes on with the virtual hosts,
+    # then `http_filters:` and `clusters:`
     cat <<EOF
 node: {id: bench, cluster: bench}
 admin:
@@ -146,8 +156,6 @@ static_resources:
           route_config:
             name: bench
             virtual_hosts:
-            - name: all
-              domains: ["*"]
 EOF
 }
 

@@ -108,32 +108,14 @@ envoy_cluster() { # NAME N_ENDPOINTS FIRST_INDEX PER_ENDPOINT_STATS(0/1)
     done
 }
 
+router_filter() { # the listener's http_filters: the router only
+    printf '          http_filters:\n          - name: envoy.filters.http.router\n            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}\n'
+}
+
 envoy_config() { # FILE SHAPE N ADMIN_PORT LISTEN_PORT
     local f=$1 shape=$2 n=$3 i
     {
-        cat <<EOF
-node: {id: bench, cluster: bench}
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: $4}}
-static_resources:
-  listeners:
-  - name: bench
-    address: {socket_address: {address: 127.0.0.1, port_value: $5}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bench
-          codec_type: AUTO
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-          route_config:
-            name: bench
-            virtual_hosts:
-EOF
+        envoy_bootstrap_listener "$4" "$5"
         if [[ $shape == services ]]; then
             # One virtual host per Service, as a sidecar's outbound route table has it.
             for ((i = 0; i < n; i++)); do
@@ -141,11 +123,13 @@ EOF
                     "$i" "$i" "$i"
             done
             printf '            - {name: none, domains: ["*"], routes: [{match: {prefix: "/"}, direct_response: {status: 404}}]}\n'
+            router_filter
             printf '  clusters:'
             if ((n == 0)); then printf ' []\n'; else printf '\n'; fi
             for ((i = 0; i < n; i++)); do envoy_cluster "svc$i" 1 "$i" 0; done
         else
             printf '            - {name: upstream, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: upstream}}]}\n'
+            router_filter
             printf '  clusters:\n'
             envoy_cluster upstream "$n" 0 "$([[ $shape == ep-stats ]] && echo 1 || echo 0)"
         fi
