@@ -14,11 +14,13 @@ use std::io::{IsTerminal as _, Write as _};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use weft_control::traffic::MAX_WINDOW;
@@ -71,12 +73,31 @@ fn interval(s: &str) -> Result<Duration, String> {
 }
 
 /// What `--admin` shows.
-#[derive(Default)]
 struct TopAdmin {
     /// A first frame has been drawn.
     drawn: AtomicBool,
-    refreshes: AtomicU64,
-    fetch_errors: AtomicU64,
+    refreshes: Counter,
+    fetch_errors: Counter,
+    registry: Registry,
+}
+
+impl TopAdmin {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("weft_top");
+        let (refreshes, fetch_errors) = (Counter::default(), Counter::default());
+        registry.register("refreshes", "Frames drawn", refreshes.clone());
+        registry.register(
+            "fetch_errors",
+            "Refreshes whose control plane was unreachable or answered no traffic view",
+            fetch_errors.clone(),
+        );
+        Self {
+            drawn: AtomicBool::new(false),
+            refreshes,
+            fetch_errors,
+            registry,
+        }
+    }
 }
 
 impl weft_admin::AdminEndpoints for TopAdmin {
@@ -85,23 +106,8 @@ impl weft_admin::AdminEndpoints for TopAdmin {
     }
     fn metrics(&self) -> String {
         let mut out = String::new();
-        for (name, help, value) in [
-            (
-                "weft_top_refreshes",
-                "Frames drawn",
-                self.refreshes.load(Ordering::Relaxed),
-            ),
-            (
-                "weft_top_fetch_errors",
-                "Refreshes whose control plane was unreachable or answered no traffic view",
-                self.fetch_errors.load(Ordering::Relaxed),
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {value}\n"
-            ));
-        }
-        out.push_str("# EOF\n");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -118,7 +124,7 @@ pub async fn top(a: TopArgs) -> anyhow::Result<ExitCode> {
     // cleanly, not kill it with the cursor hidden.
     let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let stats = Arc::new(TopAdmin::default());
+    let stats = Arc::new(TopAdmin::new());
     let _admin = match a.admin {
         Some(addr) => Some(weft_admin::start(addr, stats.clone()).await?),
         None => None,
@@ -137,10 +143,10 @@ pub async fn top(a: TopArgs) -> anyhow::Result<ExitCode> {
             Some(()) = quit.recv() => break Stop::Quit,
         };
         if frame.snapshot.is_err() {
-            stats.fetch_errors.fetch_add(1, Ordering::Relaxed);
+            stats.fetch_errors.inc();
         }
         screen.show(&frame.render("weft top"), a.interval);
-        stats.refreshes.fetch_add(1, Ordering::Relaxed);
+        stats.refreshes.inc();
         stats.drawn.store(true, Ordering::Relaxed);
         drawn += 1;
         if a.iterations.is_some_and(|n| drawn >= n) {
