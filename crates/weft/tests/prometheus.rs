@@ -22,8 +22,13 @@ fn mesh(app: SocketAddr) -> String {
 
 /// What `/sd/prometheus` lists now.
 async fn discovered(control: &ControlPlane) -> Vec<Value> {
+    discovered_at(control.admin).await
+}
+
+/// What `/sd/prometheus` on the control plane at `admin` lists now.
+async fn discovered_at(admin: SocketAddr) -> Vec<Value> {
     let r = HttpClient::http1()
-        .get(control.admin, "admin", "/sd/prometheus")
+        .get(admin, "admin", "/sd/prometheus")
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -189,7 +194,27 @@ impl Prometheus {
 
     /// An instant PromQL query: each result's labels and value.
     async fn query(&self, promql: &str) -> Vec<(serde_json::Map<String, Value>, f64)> {
-        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        self.query_path(
+            format!("/api/v1/query?query={}", percent_encode(promql)),
+            promql,
+        )
+        .await
+    }
+
+    /// [`Prometheus::query`] evaluated at `at` (Unix seconds).
+    async fn query_at(&self, promql: &str, at: f64) -> Vec<(serde_json::Map<String, Value>, f64)> {
+        let path = format!(
+            "/api/v1/query?query={}&time={at:.3}",
+            percent_encode(promql)
+        );
+        self.query_path(path, promql).await
+    }
+
+    async fn query_path(
+        &self,
+        path: String,
+        promql: &str,
+    ) -> Vec<(serde_json::Map<String, Value>, f64)> {
         let r = HttpClient::http1()
             .get(self.addr, "prometheus", &path)
             .await
@@ -712,4 +737,263 @@ async fn a_malformed_prometheus_url_stops_the_start_and_an_unreachable_one_does_
         format!("Prometheus {nowhere} failed: connection refused")
     );
     assert_eq!(v["items"], serde_json::json!([]));
+}
+
+/// Requests per second the demo's driver sends into the frontend.
+const DEMO_RATE: u32 = 100;
+
+/// `weft demo --no-script` at [`DEMO_RATE`] on a loopback range of its own
+/// (`127.<base>.x.y`, beside other tests and demos; another range when that
+/// one is taken), its driver's counters on a free admin address. Returns
+/// the demo, its base and that address once traffic flows.
+async fn demo() -> (WeftProcess, u8, SocketAddr) {
+    let mut last = String::new();
+    for attempt in 0..5 {
+        let base = 100 + ((std::process::id() + attempt * 11) % 50) as u8;
+        let admin = free_addr();
+        let mut demo = WeftProcess::spawn(
+            &weft_bin(),
+            &[
+                "demo",
+                "--plain",
+                "--no-script",
+                "--log",
+                "warn",
+                "--rate",
+                &DEMO_RATE.to_string(),
+                "--ip-base",
+                &base.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ],
+        )
+        .expect("spawn weft demo");
+        match demo.wait_admin_ready(admin, CONVERGE).await {
+            Ok(()) => return (demo, base, admin),
+            Err(e) if demo.logs().contains("another `weft demo` running") => last = e.to_string(),
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+    panic!("no free loopback range for the demo: {last}");
+}
+
+/// The driver's (sent, ok) on the demo's admin port.
+async fn driver_counts(admin: SocketAddr) -> Option<(f64, f64)> {
+    let m = HttpClient::http1()
+        .get(admin, "admin", "/metrics")
+        .await
+        .ok()?
+        .text();
+    let sample = |name: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix("{} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some((
+        sample("weft_demo_requests_sent_total")?,
+        sample("weft_demo_requests_ok_total")?,
+    ))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The driver publishes its counters once a second: (sent, ok) just after
+/// the first publication above `after` sent (the one now: the next), and
+/// when it was seen (Unix seconds, within a poll of 20 ms).
+async fn driver_update(admin: SocketAddr, after: f64) -> (f64, f64, f64) {
+    wait_until("the demo driver's next update", CONVERGE, || async {
+        let (sent, ok) = driver_counts(admin).await?;
+        (sent > after).then(|| (sent, ok, unix_now()))
+    })
+    .await
+    .unwrap()
+}
+
+/// The counts of `increase()` over a window and of the demo's driver over
+/// the same window differ by the traffic of a moment: the driver's counts
+/// are read within 20 ms of its publication, the requests finish at the
+/// sidecars some milliseconds after they were sent, and `increase()`
+/// extrapolates the growth between its first and last samples (1 s apart,
+/// so each within 1.1 intervals of the window's edges: Prometheus
+/// extrapolates all the way to them) linearly to the edges, right for a
+/// steady open-loop rate up to that second's jitter. A few requests of
+/// about 1500; 5% leaves room for a loaded machine.
+const DEMO_TOLERANCE: f64 = 0.05;
+
+/// The real `weft demo`: Prometheus, discovering its targets at the demo
+/// control plane's `/sd/prometheus`, finds every sidecar up, and over a
+/// window of about 15 s computes the frontend's call rates and the
+/// Services' success rates that the demo's own traffic driver counted.
+/// Pricing is made to fail a fifth of its requests (its apps' fault API,
+/// as the demo's script does), so the success rates say something.
+#[tokio::test]
+async fn prometheus_measures_the_demo_mesh_as_its_traffic_driver_counted_it() {
+    let Some(bin) = external_tool_or_path("WEFT_PROMETHEUS", "prometheus", "Prometheus") else {
+        return;
+    };
+    let (mut demo, base, admin) = demo().await;
+    let client = HttpClient::http1();
+    for pod in ["4.1", "4.2"] {
+        let app: SocketAddr = format!("127.{base}.{pod}:8080").parse().unwrap();
+        let r = client
+            .post(app, "pricing", "/_weft/fault?error_rate=0.2", "")
+            .await
+            .unwrap();
+        assert!(r.status.is_success(), "{}", r.text());
+    }
+
+    // (1) Every sidecar the control plane lists is discovered and up.
+    let control: SocketAddr = format!("127.{base}.0.3:15011").parse().unwrap();
+    let listed = wait_until("the demo's twelve sidecars listed", CONVERGE, || async {
+        let groups = discovered_at(control).await;
+        (groups.len() == 13).then_some(groups)
+    })
+    .await
+    .unwrap();
+    let mut sidecars = std::collections::BTreeMap::<String, f64>::new();
+    for g in &listed {
+        if g["labels"]["weft_kind"] == "weft" {
+            *sidecars
+                .entry(g["labels"]["weft_service"].as_str().unwrap().to_string())
+                .or_default() += 1.0;
+        }
+    }
+    assert_eq!(sidecars.values().sum::<f64>(), 12.0, "{listed:#?}");
+    let prometheus = Prometheus::start(&bin, &format!("http://{control}/sd/prometheus")).await;
+    prometheus
+        .wait_for(
+            "count by (weft_kind) (up == 1)",
+            "weft_kind",
+            &[("control", 1.0), ("weft", 12.0)],
+        )
+        .await;
+    let per_service: Vec<(&str, f64)> = sidecars.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    prometheus
+        .wait_for(
+            r#"count by (weft_service) (up{weft_kind="weft"} == 1)"#,
+            "weft_service",
+            &per_service,
+        )
+        .await;
+
+    // A window of about 15 s, its ends at the driver's publications.
+    let published = |admin| async move { driver_counts(admin).await.unwrap().0 };
+    let (sent0, ok0, from) = driver_update(admin, published(admin).await).await;
+    wait_until("15 s of demo traffic", CONVERGE, || async {
+        let (sent, _) = driver_counts(admin).await?;
+        (sent >= sent0 + f64::from(DEMO_RATE) * 15.0).then_some(())
+    })
+    .await
+    .unwrap();
+    let (sent1, ok1, to) = driver_update(admin, published(admin).await).await;
+    // Prometheus has every sample up to `to` once the frontend's sidecar
+    // was scraped after it.
+    wait_until("a scrape after the window", CONVERGE, || async {
+        let r = prometheus
+            .query(r#"timestamp(up{weft_service="frontend"})"#)
+            .await;
+        (r.first()?.1 > to).then_some(())
+    })
+    .await
+    .unwrap();
+    let secs = to - from;
+    let window = format!("{}ms", (secs * 1000.0).round());
+    let (sent, ok) = (sent1 - sent0, ok1 - ok0);
+    let driver_rate = sent / secs;
+    let driver_success = ok / sent;
+
+    // Per Service the frontend called: requests, and successes by the
+    // gRPC-aware rule (a 5xx fails a plain HTTP request, a status other
+    // than OK a gRPC one), in the window.
+    let frontend_calls = |only: &str| {
+        format!(
+            r#"weft_requests_total{{direction="outbound",source="frontend.default",service=~"catalog.default|pricing.default"{only}}}"#
+        )
+    };
+    let by_service = |promql: String| {
+        let prometheus = &prometheus;
+        async move {
+            let mut out = std::collections::BTreeMap::new();
+            for (labels, v) in prometheus.query_at(&promql, to).await {
+                out.insert(labels["service"].as_str().unwrap().to_string(), v);
+            }
+            out
+        }
+    };
+    let calls = by_service(format!(
+        "sum by (service) (increase({}[{window}]))",
+        frontend_calls("")
+    ))
+    .await;
+    let successes = by_service(format!(
+        r#"sum by (service) (increase({}[{window}]) or increase({}[{window}]))"#,
+        frontend_calls(r#",grpc_status="",code!~"5..""#),
+        frontend_calls(r#",grpc_status="0""#),
+    ))
+    .await;
+    let rate = |s: &str| calls[s] / secs;
+    let success = |s: &str| successes.get(s).copied().unwrap_or(0.0) / calls[s];
+    let (catalog, pricing) = ("catalog.default", "pricing.default");
+    eprintln!(
+        "over {secs:.2}s the driver sent {sent} ({driver_rate:.1}/s), {ok} ok \
+         ({driver_success:.4}); Prometheus: calls {calls:?}, successes {successes:?}"
+    );
+
+    // (2) Each request the driver sends makes the frontend call catalog,
+    // and pricing once catalog answered.
+    let close = |got: f64, want: f64| (got / want - 1.0).abs() <= DEMO_TOLERANCE;
+    assert!(
+        close(driver_rate, f64::from(DEMO_RATE)),
+        "the driver sent {driver_rate:.1}/s"
+    );
+    assert!(
+        close(rate(catalog), driver_rate),
+        "frontend -> catalog {:.1}/s, the driver sent {driver_rate:.1}/s",
+        rate(catalog)
+    );
+    assert!(
+        close(rate(pricing), driver_rate * success(catalog)),
+        "frontend -> pricing {:.1}/s, the driver sent {driver_rate:.1}/s, catalog answered {:.4}",
+        rate(pricing),
+        success(catalog)
+    );
+
+    // (3) A request succeeds when both calls did: the Services' success
+    // rates as the frontend saw them make up the driver's. Retries hide
+    // catalog's faults; pricing's show.
+    assert!(success(catalog) > 0.99, "catalog {:.4}", success(catalog));
+    assert!(
+        (0.7..0.9).contains(&success(pricing)),
+        "pricing {:.4}",
+        success(pricing)
+    );
+    assert!(
+        (success(catalog) * success(pricing) - driver_success).abs() <= DEMO_TOLERANCE / 2.0,
+        "catalog {:.4} x pricing {:.4}, the driver saw {driver_success:.4}",
+        success(catalog),
+        success(pricing)
+    );
+    // The frontend's own sidecar answered the driver as it counted.
+    let frontend = prometheus
+        .query_at(
+            &format!(
+                r#"sum(increase(weft_requests_total{{direction="inbound",service="frontend.default",code!~"5.."}}[{window}])) / sum(increase(weft_requests_total{{direction="inbound",service="frontend.default"}}[{window}]))"#
+            ),
+            to,
+        )
+        .await;
+    let frontend = frontend.first().map_or(f64::NAN, |r| r.1);
+    assert!(
+        (frontend - driver_success).abs() <= DEMO_TOLERANCE / 2.0,
+        "frontend {frontend:.4}, the driver saw {driver_success:.4}"
+    );
+
+    demo.sigterm();
+    let status = demo.wait_exit(CONVERGE).await.unwrap();
+    assert!(status.success(), "{status:?}\n{}", demo.logs());
 }
