@@ -416,44 +416,6 @@ async fn prometheus_discovers_the_mesh_and_counts_what_it_served() {
     }
 }
 
-/// `weft control --config dir EXTRA...` on free ports, ready.
-async fn control_plane_with(dir: &std::path::Path, extra: &[&str]) -> ControlPlane {
-    let (xds, admin) = (free_addr(), free_addr());
-    let (outbound_port, inbound_port) = (
-        weft_test_support::free_port(),
-        weft_test_support::free_port(),
-    );
-    let (x, a, o, i) = (
-        xds.to_string(),
-        admin.to_string(),
-        outbound_port.to_string(),
-        inbound_port.to_string(),
-    );
-    let mut args = vec![
-        "control",
-        "--config",
-        dir.to_str().unwrap(),
-        "--xds",
-        &x,
-        "--admin",
-        &a,
-        "--sidecar-outbound-port",
-        &o,
-        "--sidecar-inbound-port",
-        &i,
-    ];
-    args.extend_from_slice(extra);
-    let proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft control");
-    wait_ready("control plane ready", admin, READY).await;
-    ControlPlane {
-        proc,
-        xds,
-        admin,
-        outbound_port,
-        inbound_port,
-    }
-}
-
 /// `GET /traffic?window=300s&service=catalog` on the control plane.
 async fn traffic(control: &ControlPlane) -> Value {
     let r = HttpClient::http1()

@@ -45,27 +45,8 @@ async fn top_refreshes_the_services_and_edges_with_what_was_sent() {
             + &service("frontend", "http", &[], None)
             + &service("checkout", "http", &[], None)),
     )]);
-    let (xds, admin) = (free_addr(), free_addr());
-    let mut control = WeftProcess::spawn(
-        &weft_bin(),
-        &[
-            "control",
-            "--config",
-            dir.path().to_str().unwrap(),
-            "--xds",
-            &xds.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--sidecar-outbound-port",
-            &weft_test_support::free_port().to_string(),
-            "--sidecar-inbound-port",
-            &weft_test_support::free_port().to_string(),
-            "--traffic-interval",
-            "200ms",
-        ],
-    )
-    .unwrap();
-    control.wait_admin_ready(admin, READY).await.unwrap();
+    let control = control_plane_with(dir.path(), &["--traffic-interval", "200ms"]).await;
+    let (xds, admin) = (control.xds, control.admin);
     let frontend = xds_sidecar(xds, "frontend-1", "frontend").await;
     let checkout = xds_sidecar(xds, "checkout-1", "checkout").await;
     let client = HttpClient::http1();

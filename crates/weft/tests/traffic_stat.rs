@@ -38,27 +38,8 @@ async fn stat_shows_each_service_and_its_callers_as_the_proxies_counted() {
             + &service("frontend", "http", &[], None)
             + &service("checkout", "http", &[], None)),
     )]);
-    let (xds, admin) = (free_addr(), free_addr());
-    let _control = WeftProcess::spawn(
-        &weft_bin(),
-        &[
-            "control",
-            "--config",
-            dir.path().to_str().unwrap(),
-            "--xds",
-            &xds.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--sidecar-outbound-port",
-            &weft_test_support::free_port().to_string(),
-            "--sidecar-inbound-port",
-            &weft_test_support::free_port().to_string(),
-            "--traffic-interval",
-            "200ms",
-        ],
-    )
-    .unwrap();
-    wait_ready("control plane ready", admin, READY).await;
+    let _control = control_plane_with(dir.path(), &["--traffic-interval", "200ms"]).await;
+    let (xds, admin) = (_control.xds, _control.admin);
     let f1 = xds_sidecar(xds, "frontend-1", "frontend").await;
     let f2 = xds_sidecar(xds, "frontend-2", "frontend").await;
     let c = xds_sidecar(xds, "checkout-1", "checkout").await;

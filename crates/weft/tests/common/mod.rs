@@ -252,28 +252,37 @@ pub struct ControlPlane {
 
 /// Starts `weft control --config dir` on free ports and waits until ready.
 pub async fn control_plane(dir: &Path) -> ControlPlane {
+    control_plane_with(dir, &[]).await
+}
+
+/// [`control_plane`] with `extra` flags (`--traffic-interval 200ms`, ...).
+pub async fn control_plane_with(dir: &Path, extra: &[&str]) -> ControlPlane {
     let (xds, admin) = (free_addr(), free_addr());
     let (outbound_port, inbound_port) = (
         weft_test_support::free_port(),
         weft_test_support::free_port(),
     );
-    let mut proc = WeftProcess::spawn(
-        &weft_bin(),
-        &[
-            "control",
-            "--config",
-            dir.to_str().unwrap(),
-            "--xds",
-            &xds.to_string(),
-            "--admin",
-            &admin.to_string(),
-            "--sidecar-outbound-port",
-            &outbound_port.to_string(),
-            "--sidecar-inbound-port",
-            &inbound_port.to_string(),
-        ],
-    )
-    .expect("spawn weft control");
+    let (x, a, o, i) = (
+        xds.to_string(),
+        admin.to_string(),
+        outbound_port.to_string(),
+        inbound_port.to_string(),
+    );
+    let mut args = vec![
+        "control",
+        "--config",
+        dir.to_str().unwrap(),
+        "--xds",
+        &x,
+        "--admin",
+        &a,
+        "--sidecar-outbound-port",
+        &o,
+        "--sidecar-inbound-port",
+        &i,
+    ];
+    args.extend_from_slice(extra);
+    let mut proc = WeftProcess::spawn(&weft_bin(), &args).expect("spawn weft control");
     proc.wait_admin_ready(admin, READY).await.unwrap();
     ControlPlane {
         proc,
