@@ -459,17 +459,42 @@ async fn control(a: ControlArgs) -> anyhow::Result<ExitCode> {
     opts.redis = a.redis;
     opts.traffic_interval = a.traffic_interval;
     opts.prometheus = a.prometheus;
-    let running = match weft_control::start(opts).await {
+    serve_until_signal(
+        weft_control::start(opts).await,
+        |e| match e {
+            weft_control::StartError::Config(errors) => Some(errors.to_string()),
+            _ => None,
+        },
+        async |running| running.shutdown().await,
+    )
+    .await
+}
+
+/// What `control` and `ratelimit` share: a config that does not load
+/// prints its errors and exits 1 (`config_errors` picks them out of the
+/// start error); a started service runs until SIGTERM or Ctrl-C, then
+/// `shutdown`.
+async fn serve_until_signal<R, E>(
+    started: Result<R, E>,
+    config_errors: impl FnOnce(&E) -> Option<String>,
+    shutdown: impl AsyncFnOnce(R),
+) -> anyhow::Result<ExitCode>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let running = match started {
         Ok(r) => r,
-        Err(weft_control::StartError::Config(errors)) => {
-            eprint!("{errors}");
-            return Ok(ExitCode::FAILURE);
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => match config_errors(&e) {
+            Some(errors) => {
+                eprint!("{errors}");
+                return Ok(ExitCode::FAILURE);
+            }
+            None => return Err(e.into()),
+        },
     };
     let signal = shutdown_signal().await?;
     tracing::info!(signal, "stopping");
-    running.shutdown().await;
+    shutdown(running).await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -479,18 +504,15 @@ async fn ratelimit(a: RatelimitArgs) -> anyhow::Result<ExitCode> {
     opts.admin = a.admin;
     opts.redis = a.redis;
     opts.reload_interval = a.reload_interval;
-    let running = match weft_ratelimit::start(opts).await {
-        Ok(r) => r,
-        Err(weft_ratelimit::StartError::Config(errors)) => {
-            eprint!("{errors}");
-            return Ok(ExitCode::FAILURE);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let signal = shutdown_signal().await?;
-    tracing::info!(signal, "stopping");
-    running.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    serve_until_signal(
+        weft_ratelimit::start(opts).await,
+        |e| match e {
+            weft_ratelimit::StartError::Config(errors) => Some(errors.to_string()),
+            _ => None,
+        },
+        async |running| running.shutdown().await,
+    )
+    .await
 }
 
 async fn proxy(a: ProxyArgs) -> anyhow::Result<ExitCode> {
