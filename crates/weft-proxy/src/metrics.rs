@@ -488,6 +488,10 @@ pub struct RouteStats {
     /// `grpc_status="0"` series.
     grpc_ok: std::sync::OnceLock<Counter>,
     latency: Histogram,
+    /// The other label sets this route counted (codes, errors), so they
+    /// can be removed with it ([`RouteStats::forget`]); written on the
+    /// failure path only.
+    variants: Arc<std::sync::Mutex<Vec<RequestLabels>>>,
 }
 
 impl RouteStats {
@@ -525,7 +529,44 @@ impl RouteStats {
                 _ => {}
             }
         }
-        metrics.requests.get_or_create(&labels()).inc();
+        let labels = labels();
+        metrics.requests.get_or_create(&labels).inc();
+        let mut seen = self.variants.lock().unwrap_or_else(|p| p.into_inner());
+        if !seen.contains(&labels) {
+            seen.push(labels);
+        }
+    }
+
+    /// The labels that identify the route: (direction, source, service,
+    /// route).
+    pub fn key(&self) -> (Direction, &str, &str, &str) {
+        let b = &self.base;
+        (b.direction, &b.source, &b.service, &b.route)
+    }
+
+    /// Removes every series of this route (a route or Service that left
+    /// the config).
+    pub fn forget(&self, metrics: &ProxyMetrics) {
+        metrics.requests.remove(&self.base);
+        metrics.requests.remove(&RequestLabels {
+            grpc_status: GRPC_OK,
+            ..self.base.clone()
+        });
+        for v in self
+            .variants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            metrics.requests.remove(v);
+        }
+        let b = &self.base;
+        metrics.latency.remove(&LatencyLabels {
+            direction: b.direction,
+            source: b.source.clone(),
+            service: b.service.clone(),
+            route: b.route.clone(),
+        });
     }
 
     pub fn source(&self) -> &Arc<str> {
@@ -572,6 +613,7 @@ impl ProxyMetrics {
                 })
                 .clone(),
             base,
+            variants: Default::default(),
         }
     }
 

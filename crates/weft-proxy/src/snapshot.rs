@@ -253,6 +253,24 @@ impl Snapshot {
         }
     }
 
+    /// The metric handles of every outbound route rule, each once (a
+    /// table serves several domains).
+    pub fn route_stats(&self) -> Vec<&crate::metrics::RouteStats> {
+        let all = self
+            .hosts
+            .values()
+            .flat_map(|h| h.portless.iter().chain(h.ports.iter().map(|(_, t)| t)))
+            .chain(self.any_host.iter())
+            .chain(self.vips.values().filter_map(|v| match v {
+                VipTarget::Http(t) => Some(t),
+                VipTarget::Tcp(_) => None,
+            }));
+        let mut seen = std::collections::HashSet::new();
+        all.filter(|t| seen.insert(Arc::as_ptr(t)))
+            .flat_map(|t| t.rules.iter().map(|r| &r.stats))
+            .collect()
+    }
+
     /// Resolves a `Host` / `:authority` value (`host[:port]`) by the
     /// outbound route configuration's domains: the host case-insensitively
     /// and without a trailing dot, with the port as given (an authority

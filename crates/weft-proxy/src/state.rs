@@ -67,9 +67,9 @@ impl Shared {
     /// Makes `snapshot` the one new requests use, and lets endpoint pools
     /// nothing uses any more go (those still in use stay warm).
     ///
-    /// The metric series of endpoints the new snapshot no longer has are
-    /// removed (a replaced pod's would otherwise stay for the life of the
-    /// proxy, with their last values).
+    /// The metric series of endpoints and route rules the new snapshot no
+    /// longer has are removed (a replaced pod's, a deleted Service's would
+    /// otherwise stay for the life of the proxy, with their last values).
     pub fn publish(&self, snapshot: Snapshot) {
         let generation = snapshot.generation;
         let kept: std::collections::HashSet<_> = snapshot
@@ -85,6 +85,15 @@ impl Shared {
             .filter(|l| !kept.contains(l))
         {
             self.metrics.forget_endpoint(&gone);
+        }
+        // The same for the request series of route rules that are gone.
+        let new = self.snapshot.load();
+        let kept: std::collections::HashSet<_> =
+            new.route_stats().into_iter().map(|s| s.key()).collect();
+        for gone in old.route_stats() {
+            if !kept.contains(&gone.key()) {
+                gone.forget(&self.metrics);
+            }
         }
         self.registry.retain_used();
         self.metrics.config_generation.set(generation as i64);

@@ -157,6 +157,69 @@ async fn endpoints_that_leave_the_config_take_their_series_with_them() {
     .unwrap();
 }
 
+/// A Service deleted from the config takes its request series with it,
+/// failures included; the Services that stay keep their counts.
+#[tokio::test]
+async fn a_deleted_service_takes_its_request_series_with_it() {
+    let ok = app("ok", &[]).await;
+    let failing = app("failing", &["--error-rate", "1", "--error-status", "503"]).await;
+    let both = service("catalog", "http", &[(ok.addr, 1)], None)
+        + &service("pricing", "http", &[(failing.addr, 1)], None);
+    let dir = config_dir(&[("svc.yaml", &both)]);
+    let p = proxy(dir.path(), "frontend", None, &[]).await;
+    let client = HttpClient::http1();
+    for host in ["catalog", "catalog", "pricing", "pricing", "pricing"] {
+        client.get(p.outbound, host, "/").await.unwrap();
+    }
+    let lines_of = |svc: &'static str| {
+        let p = &p;
+        async move {
+            let needle = format!("service=\"{svc}\"");
+            p.admin_get("/metrics")
+                .await
+                .lines()
+                .filter(|l| {
+                    l.starts_with("weft_request") && l.contains(&needle) && !l.starts_with('#')
+                })
+                .count()
+        }
+    };
+    assert!(lines_of("pricing.default").await > 0);
+    let catalog_before = p
+        .metric("weft_requests_total", &["service=\"catalog.default\""])
+        .await;
+    assert_eq!(catalog_before, 2.0);
+    assert_eq!(
+        p.metric(
+            "weft_requests_total",
+            &["service=\"pricing.default\"", "code=\"503\""]
+        )
+        .await,
+        3.0
+    );
+
+    replace_file(
+        dir.path(),
+        "svc.yaml",
+        &service("catalog", "http", &[(ok.addr, 1)], None),
+    );
+    wait_until("the change is applied", Duration::from_secs(10), || async {
+        p.metric("weft_config_generation", &[]).await >= 2.0
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        lines_of("pricing.default").await,
+        0,
+        "pricing's series are gone"
+    );
+    assert_eq!(
+        p.metric("weft_requests_total", &["service=\"catalog.default\""])
+            .await,
+        catalog_before
+    );
+}
+
 #[tokio::test]
 async fn a_bad_change_is_rejected_and_the_last_good_config_stays() {
     let a = app("good", &[]).await;
