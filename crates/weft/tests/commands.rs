@@ -8,15 +8,6 @@ use std::time::Duration;
 use common::*;
 use weft_test_support::{HttpClient, WeftProcess, free_addr, wait_until};
 
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
-}
-
 #[tokio::test]
 async fn app_admin_counts_requests_and_errors() {
     let admin = free_addr();

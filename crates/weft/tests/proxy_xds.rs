@@ -506,14 +506,6 @@ async fn admin_text(admin: SocketAddr, path: &str) -> String {
         .text()
 }
 
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn a_bad_change_at_the_control_plane_keeps_the_last_good_config_everywhere() {
     let good = app("good", &[]).await;

@@ -190,15 +190,6 @@ fn kill(p: &WeftProcess, signal: &str) {
     assert!(ok, "kill -{signal} {}", p.pid());
 }
 
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
-}
-
 #[tokio::test]
 async fn top_runs_until_a_signal_and_then_exits_cleanly() {
     for signal in ["TERM", "INT"] {

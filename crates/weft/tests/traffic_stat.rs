@@ -38,8 +38,8 @@ async fn stat_shows_each_service_and_its_callers_as_the_proxies_counted() {
             + &service("frontend", "http", &[], None)
             + &service("checkout", "http", &[], None)),
     )]);
-    let _control = control_plane_with(dir.path(), &["--traffic-interval", "200ms"]).await;
-    let (xds, admin) = (_control.xds, _control.admin);
+    let control = control_plane_with(dir.path(), &["--traffic-interval", "200ms"]).await;
+    let (xds, admin) = (control.xds, control.admin);
     let f1 = xds_sidecar(xds, "frontend-1", "frontend").await;
     let f2 = xds_sidecar(xds, "frontend-2", "frontend").await;
     let c = xds_sidecar(xds, "checkout-1", "checkout").await;

@@ -53,12 +53,23 @@ impl Proxy {
 
     /// The value of one metric sample whose line contains all `parts`.
     pub async fn metric(&self, name: &str, parts: &[&str]) -> f64 {
-        let text = self.admin_get("/metrics").await;
-        text.lines()
-            .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        sample_where(&self.admin_get("/metrics").await, name, parts)
     }
+}
+
+/// The sum of the samples in Prometheus text `metrics` whose line starts
+/// with `name` and contains every one of `parts` (0 when there is none).
+pub fn sample_where(metrics: &str, name: &str, parts: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// [`sample_where`] without label conditions.
+pub fn sample(metrics: &str, name: &str) -> f64 {
+    sample_where(metrics, name, &[])
 }
 
 pub async fn proxy(config: &Path, service: &str, app: Option<SocketAddr>, extra: &[&str]) -> Proxy {
