@@ -33,7 +33,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use weft_policy::rng::{Random as _, ThreadRng};
 
-use crate::metrics::Direction;
+use crate::metrics::RequestLabels;
 
 /// Lines waiting for the writer; beyond this they are dropped (a tick's
 /// worth of lines at 300,000 requests/s).
@@ -264,17 +264,11 @@ impl AccessLog {
 
     /// What a line needs from the request, taken before the request is
     /// forwarded. Whether a success is logged is drawn here.
-    pub fn begin(
-        &self,
-        direction: Direction,
-        parts: (&Method, &Uri, &HeaderMap, Version),
-        peer: SocketAddr,
-    ) -> Begun {
+    pub fn begin(&self, parts: (&Method, &Uri, &HeaderMap, Version), peer: SocketAddr) -> Begun {
         let (method, uri, headers, version) = parts;
         let header = |name: &str| headers.get(name).cloned();
         Begun {
             start: SystemTime::now(),
-            direction,
             sampled: self.sampling >= 1.0
                 || (self.sampling > 0.0 && ThreadRng.next_f64() < self.sampling),
             method: method.clone(),
@@ -338,7 +332,6 @@ impl AccessLog {
 #[derive(Debug)]
 pub struct Begun {
     start: SystemTime,
-    direction: Direction,
     sampled: bool,
     method: Method,
     uri: Uri,
@@ -381,14 +374,9 @@ impl ResponseEnd {
 #[derive(Debug)]
 pub struct Entry {
     pub begun: Begun,
-    pub source: Arc<str>,
-    pub service: Arc<str>,
-    pub route: Arc<str>,
-    pub code: u16,
-    /// Empty for a request that is not gRPC.
-    pub grpc_status: &'static str,
-    /// The proxy's own answer: its `weft-error` code, else empty.
-    pub error: &'static str,
+    /// What the request metrics counted it under: direction, source,
+    /// service, route, code, gRPC status, the proxy's own error.
+    pub labels: RequestLabels,
     pub end: ResponseEnd,
     pub upstream: Option<Arc<str>>,
     pub bytes_sent: u64,
@@ -399,9 +387,10 @@ pub struct Entry {
 impl Entry {
     /// Logged whatever the sampling.
     fn failed(&self) -> bool {
-        self.code >= 500
-            || !self.error.is_empty()
-            || !matches!(self.grpc_status, "" | "0")
+        let l = &self.labels;
+        l.code >= 500
+            || !l.error.is_empty()
+            || !matches!(l.grpc_status, "" | "0")
             || self.end == ResponseEnd::UpstreamReset
     }
 
@@ -421,19 +410,13 @@ impl Entry {
     }
 
     fn write_value(&self, f: Field, out: &mut String) {
-        let b = &self.begun;
+        let (b, l) = (&self.begun, &self.labels);
         match f {
             Field::StartTime => string(out, &weft_admin::rfc3339(b.start)),
-            Field::Direction => string(
-                out,
-                match b.direction {
-                    Direction::Inbound => "inbound",
-                    Direction::Outbound => "outbound",
-                },
-            ),
-            Field::Source => string(out, &self.source),
-            Field::Service => string(out, &self.service),
-            Field::Route => string(out, &self.route),
+            Field::Direction => string(out, l.direction.as_str()),
+            Field::Source => string(out, &l.source),
+            Field::Service => string(out, &l.service),
+            Field::Route => string(out, &l.route),
             Field::Method => string(out, b.method.as_str()),
             Field::Authority => header(out, b.authority.as_ref()),
             Field::Path => string(out, b.uri.path_and_query().map_or("/", |p| p.as_str())),
@@ -446,13 +429,13 @@ impl Entry {
                 },
             ),
             Field::ResponseCode => {
-                let _ = write!(out, "{}", self.code);
+                let _ = write!(out, "{}", l.code);
             }
-            Field::GrpcStatus => match self.grpc_status {
+            Field::GrpcStatus => match l.grpc_status {
                 "" => out.push_str("null"),
                 s => out.push_str(s),
             },
-            Field::Error => match self.error {
+            Field::Error => match l.error {
                 "" => out.push_str("null"),
                 e => string(out, e),
             },

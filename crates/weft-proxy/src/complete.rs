@@ -165,12 +165,7 @@ impl Completion {
         if let (Some(begun), Some(log)) = (self.log, &self.shared.access_log) {
             log.log(Entry {
                 begun,
-                source: self.stats.source().clone(),
-                service: self.stats.service().clone(),
-                route: self.stats.route().clone(),
-                code: self.code,
-                grpc_status,
-                error: self.error,
+                labels: self.stats.labels(self.code, grpc_status, self.error),
                 end,
                 upstream: self.upstream,
                 bytes_sent: self.bytes,

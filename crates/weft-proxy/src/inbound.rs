@@ -27,7 +27,7 @@ use crate::deadline::RequestDeadline;
 use crate::error::ProxyError;
 use crate::forward::forward;
 use crate::headers::is_grpc;
-use crate::metrics::{Direction, SOURCE_HEADER};
+use crate::metrics::SOURCE_HEADER;
 use crate::span::{Kind, RequestSpan};
 use crate::state::Shared;
 use crate::trace;
@@ -46,7 +46,6 @@ pub async fn handle(
     let mut finishing = Finishing::new(grpc, start);
     finishing.log = shared.access_log.as_ref().map(|log| {
         log.begin(
-            Direction::Inbound,
             (req.method(), req.uri(), req.headers(), req.version()),
             peer,
         )

@@ -20,13 +20,19 @@ pub enum Direction {
     Outbound,
 }
 
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
 impl prometheus_client::encoding::EncodeLabelValue for Direction {
     fn encode(&self, enc: &mut prometheus_client::encoding::LabelValueEncoder) -> std::fmt::Result {
         use std::fmt::Write;
-        enc.write_str(match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        })
+        enc.write_str(self.as_str())
     }
 }
 
@@ -508,12 +514,7 @@ impl RouteStats {
         grpc_status: &'static str,
         error: &'static str,
     ) {
-        let labels = || RequestLabels {
-            code,
-            grpc_status,
-            error,
-            ..self.base.clone()
-        };
+        let labels = || self.labels(code, grpc_status, error);
         if code == 200 && error.is_empty() {
             match grpc_status {
                 "" => {
@@ -569,16 +570,19 @@ impl RouteStats {
         });
     }
 
-    pub fn source(&self) -> &Arc<str> {
-        &self.base.source
-    }
-
-    pub fn service(&self) -> &Arc<str> {
-        &self.base.service
-    }
-
-    pub fn route(&self) -> &Arc<str> {
-        &self.base.route
+    /// This route's labels with an outcome.
+    pub fn labels(
+        &self,
+        code: u16,
+        grpc_status: &'static str,
+        error: &'static str,
+    ) -> RequestLabels {
+        RequestLabels {
+            code,
+            grpc_status,
+            error,
+            ..self.base.clone()
+        }
     }
 }
 

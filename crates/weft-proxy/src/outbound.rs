@@ -63,7 +63,6 @@ pub async fn handle(
     let mut finishing = Finishing::new(grpc, start);
     finishing.log = shared.access_log.as_ref().map(|log| {
         log.begin(
-            Direction::Outbound,
             (req.method(), req.uri(), req.headers(), req.version()),
             peer,
         )

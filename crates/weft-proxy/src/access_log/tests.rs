@@ -6,7 +6,6 @@ fn begun(log: &AccessLog, path: &str) -> Begun {
     headers.insert("host", HeaderValue::from_static("catalog"));
     headers.insert("user-agent", HeaderValue::from_static("curl/8 \"quoted\""));
     log.begin(
-        Direction::Outbound,
         (&Method::GET, &uri, &headers, Version::HTTP_11),
         ([127, 0, 0, 1], 40000).into(),
     )
@@ -15,12 +14,15 @@ fn begun(log: &AccessLog, path: &str) -> Begun {
 fn entry(begun: Begun, code: u16, grpc_status: &'static str, error: &'static str) -> Entry {
     Entry {
         begun,
-        source: "frontend.default".into(),
-        service: "catalog.default".into(),
-        route: "catalog.default/0".into(),
-        code,
-        grpc_status,
-        error,
+        labels: RequestLabels {
+            direction: crate::metrics::Direction::Outbound,
+            source: "frontend.default".into(),
+            service: "catalog.default".into(),
+            route: "catalog.default/0".into(),
+            code,
+            grpc_status,
+            error,
+        },
         end: ResponseEnd::Complete,
         upstream: Some("127.0.0.1:8080".into()),
         bytes_sent: 12,
