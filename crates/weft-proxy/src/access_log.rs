@@ -33,6 +33,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use weft_policy::rng::{Random as _, ThreadRng};
 
+use crate::body::BodyEnd;
 use crate::metrics::RequestLabels;
 
 /// Lines waiting for the writer; beyond this they are dropped (a tick's
@@ -349,23 +350,12 @@ impl Begun {
     }
 }
 
-/// How the response body ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseEnd {
-    /// Sent to its end.
-    Complete,
-    /// The upstream's body failed (reset, connection lost).
-    UpstreamReset,
-    /// The downstream went away before the end.
-    DownstreamCancelled,
-}
-
-impl ResponseEnd {
+impl BodyEnd {
     fn name(self) -> &'static str {
         match self {
-            ResponseEnd::Complete => "complete",
-            ResponseEnd::UpstreamReset => "upstream_reset",
-            ResponseEnd::DownstreamCancelled => "downstream_cancelled",
+            BodyEnd::Complete => "complete",
+            BodyEnd::UpstreamReset => "upstream_reset",
+            BodyEnd::DownstreamCancelled => "downstream_cancelled",
         }
     }
 }
@@ -377,7 +367,8 @@ pub struct Entry {
     /// What the request metrics counted it under: direction, source,
     /// service, route, code, gRPC status, the proxy's own error.
     pub labels: RequestLabels,
-    pub end: ResponseEnd,
+    /// How the response body ended (`response_end`).
+    pub end: BodyEnd,
     pub upstream: Option<Arc<str>>,
     pub bytes_sent: u64,
     pub headers_after: Duration,
@@ -391,7 +382,7 @@ impl Entry {
         l.code >= 500
             || !l.error.is_empty()
             || !matches!(l.grpc_status, "" | "0")
-            || self.end == ResponseEnd::UpstreamReset
+            || self.end == BodyEnd::UpstreamReset
     }
 
     /// One JSON object (no newline) with `fields`, in their order.

@@ -3,22 +3,18 @@
 //! ends and the access log gets its line.
 //!
 //! Most of it happens when the response head goes back. What needs the
-//! end of the body waits for it in a [`CompletionBody`]: a gRPC response
+//! end of the body waits for it in a [`Watched`] body: a gRPC response
 //! whose status comes in the trailers (its `grpc_status` label and span),
 //! and an access log line (bytes sent, duration, how the body ended). A
 //! plain HTTP response without an access log goes back unwrapped.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, Response};
-use http_body::{Body, Frame, SizeHint};
 
-use crate::access_log::{Begun, Entry, ResponseEnd};
-use crate::body::ProxyBody;
+use crate::access_log::{Begun, Entry};
+use crate::body::{BodyEnd, OnEnd, ProxyBody, Watched};
 use crate::error::{ProxyError, grpc_from_http};
 use crate::metrics::{GRPC_CANCELLED, GRPC_INTERNAL, RouteStats, grpc_status_label};
 use crate::span::RequestSpan;
@@ -100,7 +96,7 @@ impl Shared {
             }
         }
         let upstream = f.upstream.or_else(|| match resp.body() {
-            ProxyBody::Tracked(t) => t.endpoint(),
+            ProxyBody::Tracked(t) => t.watcher().and_then(|t| t.endpoint()),
             _ => None,
         });
         let completion = Completion {
@@ -116,17 +112,12 @@ impl Shared {
             headers_after,
             bytes: 0,
         };
-        resp.map(|inner| {
-            ProxyBody::Completed(Box::new(CompletionBody {
-                inner,
-                completion: Some(completion),
-            }))
-        })
+        resp.map(|inner| ProxyBody::Completed(Box::new(Watched::new(inner, completion))))
     }
 }
 
 /// What is left to record when the response body ends.
-struct Completion {
+pub struct Completion {
     shared: Arc<Shared>,
     stats: RouteStats,
     span: Option<RequestSpan>,
@@ -142,14 +133,18 @@ struct Completion {
     bytes: u64,
 }
 
-impl Completion {
-    fn end(self, end: ResponseEnd, trailers: Option<&HeaderMap>) {
+impl OnEnd for Completion {
+    fn data(&mut self, len: usize) {
+        self.bytes += len as u64;
+    }
+
+    fn end(self, end: BodyEnd, trailers: Option<&HeaderMap>) {
         let grpc_status = match self.grpc_status {
             Some(known) => known,
             None => {
                 let status = match trailers.and_then(|t| t.get("grpc-status")) {
                     Some(v) => grpc_status_label(v.to_str().unwrap_or("")),
-                    None if end == ResponseEnd::DownstreamCancelled => GRPC_CANCELLED,
+                    None if end == BodyEnd::DownstreamCancelled => GRPC_CANCELLED,
                     // gRPC clients report a stream that ends without a
                     // status (or breaks) as INTERNAL.
                     None => GRPC_INTERNAL,
@@ -173,78 +168,5 @@ impl Completion {
                 duration: self.start.elapsed(),
             });
         }
-    }
-}
-
-/// A response body that records its request's end when it ends (or is
-/// dropped before: the caller went away).
-pub struct CompletionBody {
-    inner: ProxyBody,
-    completion: Option<Completion>,
-}
-
-impl CompletionBody {
-    fn end(&mut self, end: ResponseEnd, trailers: Option<&HeaderMap>) {
-        if let Some(c) = self.completion.take() {
-            c.end(end, trailers);
-        }
-    }
-}
-
-impl Body for CompletionBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
-                    if let Some(c) = &mut this.completion {
-                        c.bytes += d.len() as u64;
-                    }
-                    // A server may stop polling once the body says it is
-                    // done.
-                    if this.inner.is_end_stream() {
-                        this.end(ResponseEnd::Complete, None);
-                    }
-                } else if let Some(t) = frame.trailers_ref() {
-                    this.end(ResponseEnd::Complete, Some(t));
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.end(ResponseEnd::UpstreamReset, None),
-            Poll::Ready(None) => this.end(ResponseEnd::Complete, None),
-            Poll::Pending => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for CompletionBody {
-    fn drop(&mut self) {
-        let end = if self.inner.is_end_stream() {
-            ResponseEnd::Complete
-        } else {
-            ResponseEnd::DownstreamCancelled
-        };
-        self.end(end, None);
-    }
-}
-
-impl std::fmt::Debug for CompletionBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompletionBody").finish_non_exhaustive()
     }
 }

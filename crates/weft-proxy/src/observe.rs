@@ -3,18 +3,14 @@
 //! in the trailers once the body ends. The endpoint's in-flight count and
 //! latency sample ([`Pending`]) live as long as the response body does.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderMap, Response};
-use http_body::{Body, Frame, SizeHint};
 use weft_policy::health::{Classifier, GrpcCode, Observation, Outcome, Verdict};
 use weft_policy::latency::Pending;
 
-use crate::body::ProxyBody;
+use crate::body::{BodyEnd, OnEnd, ProxyBody, Watched};
 use crate::clock;
 use crate::error::ProxyError;
 use crate::snapshot::Cluster;
@@ -164,67 +160,25 @@ impl Tracker {
     }
 }
 
-impl Drop for Tracker {
-    fn drop(&mut self) {
-        // The caller dropped the body before its end: nothing to judge.
-        self.deferred = None;
-        drop(self.pending.take());
+impl OnEnd for Tracker {
+    fn end(mut self, how: BodyEnd, trailers: Option<&HeaderMap>) {
+        match how {
+            BodyEnd::Complete => self.finish(trailers, false),
+            BodyEnd::UpstreamReset => self.finish(None, true),
+            // The caller dropped the body before its end: nothing to judge
+            // (the in-flight guard ends with the tracker).
+            BodyEnd::DownstreamCancelled => {}
+        }
     }
 }
 
-/// A response body reporting to its [`Tracker`] when it ends.
-pub struct TrackedBody {
-    inner: ProxyBody,
-    tracker: Tracker,
-}
-
-impl TrackedBody {
+impl Tracker {
     /// The endpoint that answered (`host:port`).
     pub fn endpoint(&self) -> Option<Arc<str>> {
-        let t = &self.tracker;
-        t.cluster.endpoints.get(t.index).map(|e| e.label.clone())
-    }
-
-    pub fn wrap(resp: Response<ProxyBody>, tracker: Tracker) -> Response<ProxyBody> {
-        resp.map(|inner| ProxyBody::Tracked(Box::new(TrackedBody { inner, tracker })))
-    }
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(t) = f.trailers_ref() {
-                    this.tracker.finish(Some(t), false);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.tracker.finish(None, true),
-            Poll::Ready(None) => this.tracker.finish(None, false),
-            Poll::Pending => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl std::fmt::Debug for TrackedBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TrackedBody").finish_non_exhaustive()
+        self.cluster
+            .endpoints
+            .get(self.index)
+            .map(|e| e.label.clone())
     }
 }
 
@@ -275,7 +229,7 @@ pub fn conclude(
                 pending: inflight.take(),
                 deferred,
             };
-            Ok(TrackedBody::wrap(resp, tracker))
+            Ok(resp.map(|inner| ProxyBody::Tracked(Box::new(Watched::new(inner, tracker)))))
         }
     }
 }

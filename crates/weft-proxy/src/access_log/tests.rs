@@ -23,7 +23,7 @@ fn entry(begun: Begun, code: u16, grpc_status: &'static str, error: &'static str
             grpc_status,
             error,
         },
-        end: ResponseEnd::Complete,
+        end: BodyEnd::Complete,
         upstream: Some("127.0.0.1:8080".into()),
         bytes_sent: 12,
         headers_after: Duration::from_micros(1500),
